@@ -1,1 +1,22 @@
-"""lora_helpers: small, tested building blocks for learning LoRA (Hu et al. 2021, arXiv 2106.09685)."""
+"""lora_helpers: small, tested building blocks for learning LoRA (Hu et al. 2021, arXiv 2106.09685).
+
+One concept per module:
+
+- ``layers``: ``LoRALinear``, the LoRA layer.
+- ``inject``: ``apply_lora`` and friends: put LoRA into a model by name, freeze, merge, unload.
+- ``state``: adapter-only checkpoints.
+- ``params``: parameter counting, PEFT's ``print_trainable_parameters`` line, the paper's count.
+"""
+
+from .inject import (
+    apply_lora,
+    disable_lora,
+    lora_layers,
+    mark_only_lora_as_trainable,
+    merge_and_unload,
+    merge_lora,
+    unmerge_lora,
+)
+from .layers import LoRALinear
+from .params import count_parameters, lora_parameter_count, print_trainable_parameters
+from .state import checkpoint_bytes, load_lora_state_dict, lora_state_dict

@@ -1,0 +1,190 @@
+"""Put LoRA into a model by module name, freeze the rest, merge, unload and switch it off.
+
+Names follow Hugging Face PEFT (``target_modules``, ``merge_and_unload``, ...) so what a learner
+writes here carries over. A target matches a module whose qualified name equals it or ends with
+``"." + target`` (PEFT's suffix rule): ``"q_proj"`` matches ``"blocks.0.attn.q_proj"`` but not
+``"blocks.0.attn.qq_proj"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from .layers import LoRALinear
+
+__all__ = [
+    "apply_lora",
+    "mark_only_lora_as_trainable",
+    "merge_lora",
+    "unmerge_lora",
+    "merge_and_unload",
+    "disable_lora",
+    "lora_layers",
+]
+
+_BIAS_MODES = ("none", "all", "lora_only")
+
+
+def lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
+    """Return ``(qualified name, layer)`` for every ``LoRALinear`` in ``model``."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
+
+
+def _require_lora(model: nn.Module) -> list[tuple[str, LoRALinear]]:
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError("the model has no LoRALinear layers; call apply_lora(model, "
+                         "target_modules=[...]) first")
+    return layers
+
+
+def _matches(name: str, target: str) -> bool:
+    return name == target or name.endswith("." + target)
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child, new)
+
+
+def apply_lora(
+    model: nn.Module,
+    target_modules: str | Iterable[str],
+    r: int = 8,
+    lora_alpha: float = 8,
+    lora_dropout: float = 0.0,
+    use_rslora: bool = False,
+    init_lora_weights: bool | str = True,
+) -> nn.Module:
+    """Replace the targeted ``nn.Linear`` layers by ``LoRALinear`` and freeze everything else.
+
+    Works in place and returns ``model``. Every target must match at least one ``nn.Linear``;
+    otherwise a ``ValueError`` lists the model's linear layers. All checks run before anything
+    changes, so after an error the model is exactly as it was.
+
+    Args:
+        model: any ``nn.Module``.
+        target_modules: one module name or several, matched by PEFT's suffix rule.
+        r, lora_alpha, lora_dropout, use_rslora, init_lora_weights: as in ``LoRALinear``.
+    """
+    targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+    if not targets or not all(isinstance(t, str) and t for t in targets):
+        raise TypeError(f"target_modules must be a non-empty list of module names, "
+                        f"got {target_modules!r}; e.g. target_modules=['q_proj', 'v_proj']")
+    linear_names, chosen = [], []
+    attention_out_projs = {f"{n}.out_proj" if n else "out_proj"
+                           for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
+    inside_lora = {f"{n}.base" for n, _ in lora_layers(model)}
+    for name, module in model.named_modules():
+        if name in inside_lora:
+            continue
+        if isinstance(module, nn.Linear):
+            linear_names.append(name)
+        if not any(_matches(name, t) for t in targets):
+            continue
+        if isinstance(module, LoRALinear):
+            raise ValueError(f"module '{name}' already has LoRA; apply_lora once per layer "
+                             "(or merge_and_unload(model) first)")
+        if name in attention_out_projs:
+            raise ValueError(
+                f"module '{name}' is the out_proj of an nn.MultiheadAttention, whose forward "
+                "uses out_proj.weight directly and never calls out_proj(x): LoRA there would "
+                "silently do nothing. Use attention with separate q_proj/k_proj/v_proj/out_proj "
+                "nn.Linear layers (lora_helpers.MultiHeadSelfAttention)")
+        if isinstance(module, nn.Linear):
+            chosen.append(name)
+    unmatched = [t for t in targets if not any(_matches(n, t) for n in chosen)]
+    if unmatched:
+        raise ValueError(f"target_modules {unmatched} match no nn.Linear in the model; "
+                         f"its linear layers are: {linear_names}")
+
+    wrapped = {name: LoRALinear(model.get_submodule(name), r=r, lora_alpha=lora_alpha,
+                                lora_dropout=lora_dropout, use_rslora=use_rslora,
+                                init_lora_weights=init_lora_weights)
+               for name in chosen}  # may raise (e.g. r too large) before the model changes
+    for name, layer in wrapped.items():
+        _set_submodule(model, name, layer)
+    mark_only_lora_as_trainable(model)
+    return model
+
+
+def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> None:
+    """Freeze every parameter except LoRA's ``lora_A`` and ``lora_B``.
+
+    Args:
+        bias: ``"none"`` keeps every bias frozen; ``"all"`` trains every bias in the model;
+            ``"lora_only"`` trains the biases of the adapted layers only (loralib's modes).
+    """
+    if bias not in _BIAS_MODES:
+        raise ValueError(f"bias must be one of {_BIAS_MODES}, got {bias!r}")
+    layers = _require_lora(model)
+    model.requires_grad_(False)
+    for _, layer in layers:
+        layer.lora_A.requires_grad_(True)
+        layer.lora_B.requires_grad_(True)
+        if bias == "lora_only" and layer.base.bias is not None:
+            layer.base.bias.requires_grad_(True)
+    if bias == "all":
+        for name, param in model.named_parameters():
+            if name == "bias" or name.endswith(".bias"):
+                param.requires_grad_(True)
+
+
+def merge_lora(model: nn.Module) -> None:
+    """Merge every LoRA layer (``W ← W0 + ΔW``). Refuses NaN/inf before changing anything."""
+    unmerged = [(name, layer) for name, layer in _require_lora(model) if not layer.merged]
+    with torch.no_grad():
+        bad = [name for name, layer in unmerged if not layer.delta_weight().isfinite().all()]
+    if bad:
+        raise ValueError(f"refusing to merge: the LoRA update of {bad} contains NaN or inf; "
+                         "no weight was changed")
+    for _, layer in unmerged:
+        layer.merge()
+
+
+def unmerge_lora(model: nn.Module) -> None:
+    """Undo ``merge_lora`` on every merged LoRA layer (``W ← W - ΔW``)."""
+    for _, layer in _require_lora(model):
+        if layer.merged:
+            layer.unmerge()
+
+
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """Merge every LoRA layer and replace it by its plain ``nn.Linear`` holding ``W0 + ΔW``.
+
+    Returns the model (a plain ``nn.Linear`` if ``model`` itself was a ``LoRALinear``). The
+    result has no LoRA left: use it for deployment, where it costs no extra latency (paper §4.1).
+    """
+    merge_lora(model)
+    if isinstance(model, LoRALinear):
+        return model.base
+    for name, layer in lora_layers(model):
+        _set_submodule(model, name, layer.base)
+    return model
+
+
+@contextmanager
+def disable_lora(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the ``with`` block the model computes the base model's output (PEFT's
+    ``disable_adapter``); leaving it restores the adapted output, also after an exception.
+
+    A merged model cannot be disabled this way (its ΔW lives inside the weights): call
+    ``unmerge_lora(model)`` first.
+    """
+    layers = _require_lora(model)
+    merged = [name for name, layer in layers if layer.merged]
+    if merged:
+        raise ValueError(f"cannot disable LoRA on merged layers {merged}: their update is inside "
+                         "base.weight; call unmerge_lora(model) first")
+    previous = [layer.disabled for _, layer in layers]
+    try:
+        for _, layer in layers:
+            layer.disabled = True
+        yield model
+    finally:
+        for (_, layer), was in zip(layers, previous):
+            layer.disabled = was

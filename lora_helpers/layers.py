@@ -1,0 +1,176 @@
+"""The LoRA layer: a frozen ``nn.Linear`` plus a trainable low-rank update.
+
+LoRA (Hu et al. 2021, arXiv 2106.09685, §4.1) keeps the pretrained weight ``W0`` of shape
+``(out_features, in_features)`` frozen and learns ``ΔW = scaling · B @ A`` with
+``B: (out_features, r)``, ``A: (r, in_features)`` and ``r ≪ min(in_features, out_features)``::
+
+    h = W0 x + scaling · B A x
+
+The layer *wraps* the base ``nn.Linear`` (it does not copy it), so ``layer.base`` is the very
+module that was passed in. Merging (``merge()``) adds ``ΔW`` into ``base.weight`` explicitly; it
+never happens as a side effect of ``train()`` or ``eval()``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import torch
+from torch import nn
+
+__all__ = ["LoRALinear"]
+
+
+def _check_positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int, got {value!r} ({type(value).__name__}); "
+                        f"pass e.g. {name}=8")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}; pass e.g. {name}=8")
+    return int(value)
+
+
+class LoRALinear(nn.Module):
+    """Wrap a frozen ``nn.Linear`` with a LoRA update ``ΔW = scaling · lora_B @ lora_A``.
+
+    Args:
+        base: the layer to adapt; its weight ``W0`` has shape ``(out_features, in_features)``.
+            It is wrapped, not copied, and its parameters are frozen.
+        r: the rank of the update, ``1 <= r <= min(in_features, out_features)``.
+        lora_alpha: the numerator of the scaling; ``scaling = lora_alpha / r`` (paper §4.1).
+        lora_dropout: dropout probability applied to the input of the LoRA path only.
+        use_rslora: if True, ``scaling = lora_alpha / sqrt(r)`` (rsLoRA, arXiv 2312.03732).
+        init_lora_weights: ``True``: A ~ kaiming_uniform(a=sqrt(5)), i.e. U(±1/sqrt(in_features)),
+            and B = 0 (loralib and PEFT default); ``"gaussian"``: A ~ N(0, std=1/r), B = 0 (as
+            PEFT's "gaussian"); ``False``: A and B both random (ΔW ≠ 0; for tests, as in PEFT).
+
+    Shapes:
+        input ``(..., in_features)`` → output ``(..., out_features)``; any leading dims.
+    """
+
+    def __init__(
+        self,
+        base: nn.Linear,
+        r: int = 8,
+        lora_alpha: float = 8,
+        lora_dropout: float = 0.0,
+        use_rslora: bool = False,
+        init_lora_weights: bool | str = True,
+    ) -> None:
+        super().__init__()
+        if isinstance(base, LoRALinear):
+            raise ValueError("this layer already has LoRA (base is a LoRALinear); "
+                             "adapt the plain nn.Linear once, or use its .base")
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"base must be an nn.Linear, got {type(base).__name__}; "
+                            "LoRALinear wraps linear layers only")
+        r = _check_positive_int(r, "r")
+        if r > min(base.in_features, base.out_features):
+            raise ValueError(
+                f"r={r} exceeds min(in_features, out_features) = "
+                f"min({base.in_features}, {base.out_features}); a rank-r update needs "
+                f"r <= {min(base.in_features, base.out_features)}")
+        if isinstance(lora_alpha, bool) or not isinstance(lora_alpha, numbers.Real):
+            raise TypeError(f"lora_alpha must be a positive number, got {lora_alpha!r}")
+        if not lora_alpha > 0:  # also catches NaN
+            raise ValueError(f"lora_alpha must be > 0, got {lora_alpha}; "
+                             "a common choice is lora_alpha = r (scaling 1)")
+        if isinstance(lora_dropout, bool) or not isinstance(lora_dropout, numbers.Real):
+            raise TypeError(f"lora_dropout must be a float in [0, 1), got {lora_dropout!r}")
+        if not 0.0 <= lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {lora_dropout}; "
+                             "use 0.0 for no dropout")
+        if init_lora_weights is not True and init_lora_weights is not False \
+                and init_lora_weights != "gaussian":
+            raise ValueError(f"init_lora_weights must be True, False or 'gaussian', "
+                             f"got {init_lora_weights!r}")
+
+        self.base = base
+        self.base.requires_grad_(False)  # W0 (and bias) stay frozen
+        self.in_features = base.in_features
+        self.out_features = base.out_features
+        self.r = r
+        self.lora_alpha = lora_alpha
+        self.use_rslora = use_rslora
+        self.scaling = lora_alpha / (math.sqrt(r) if use_rslora else r)
+        self.lora_dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
+        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, **factory))   # (r, in)
+        self.lora_B = nn.Parameter(torch.empty(self.out_features, r, **factory))  # (out, r)
+        self.merged = False
+        self.disabled = False  # set by lora_helpers.disable_lora
+        self.reset_lora_parameters(init_lora_weights)
+
+    @torch.no_grad()
+    def reset_lora_parameters(self, init_lora_weights: bool | str = True) -> None:
+        """(Re)initialise A and B as described in the class docstring.
+
+        Sampling happens in float32 and is then cast, so fp16/bf16 layers get the same
+        distribution as fp32 ones.
+        """
+        a = torch.empty(self.lora_A.shape, device=self.lora_A.device)  # (r, in), float32
+        b = torch.zeros(self.lora_B.shape, device=self.lora_B.device)  # (out, r), float32
+        if init_lora_weights == "gaussian":
+            nn.init.normal_(a, std=1.0 / self.r)
+        else:
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))  # U(±1/sqrt(in_features))
+        if init_lora_weights is False:
+            nn.init.kaiming_uniform_(b, a=math.sqrt(5))  # U(±1/sqrt(r)): ΔW ≠ 0
+        self.lora_A.copy_(a)
+        self.lora_B.copy_(b)
+
+    def delta_weight(self) -> torch.Tensor:
+        """Return ``ΔW = scaling · B @ A``, shape ``(out_features, in_features)``."""
+        return (self.lora_B @ self.lora_A) * self.scaling  # (out, r) @ (r, in) -> (out, in)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``base(x) + scaling · (dropout(x) @ A^T) @ B^T``; never forms ``B @ A``.
+
+        Args:
+            x: ``(..., in_features)``.
+        Returns:
+            ``(..., out_features)``.
+        """
+        if x.shape[-1:] != (self.in_features,):
+            raise ValueError(f"expected input of shape (..., {self.in_features}), "
+                             f"got {tuple(x.shape)}")
+        if x.dtype != self.lora_A.dtype:
+            raise TypeError(f"input dtype {x.dtype} differs from the layer's "
+                            f"{self.lora_A.dtype}; cast with x.to({self.lora_A.dtype})")
+        result = self.base(x)  # (..., out)
+        if self.merged or self.disabled:
+            return result
+        h = self.lora_dropout(x) @ self.lora_A.T  # (..., in) @ (in, r) -> (..., r)
+        return result + (h * self.scaling) @ self.lora_B.T  # (..., r) @ (r, out) -> (..., out)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Add ``ΔW`` into ``base.weight`` so that ``forward`` is just ``base(x)``.
+
+        Merging twice warns and changes nothing (as PEFT). A non-finite ``ΔW`` (NaN/inf) is
+        refused with a ``ValueError`` and ``base.weight`` is left untouched.
+        """
+        if self.merged:
+            warnings.warn("LoRALinear is already merged; nothing to do", stacklevel=2)
+            return
+        delta = self.delta_weight()  # (out, in)
+        if not torch.isfinite(delta).all():
+            raise ValueError("refusing to merge: the LoRA update contains NaN or inf "
+                             "(check the learning rate / training); base.weight is untouched")
+        self.base.weight += delta.to(self.base.weight.dtype)
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract ``ΔW`` from ``base.weight`` again. Unmerging an unmerged layer warns."""
+        if not self.merged:
+            warnings.warn("LoRALinear is not merged; nothing to unmerge", stacklevel=2)
+            return
+        self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, "
+                f"lora_alpha={self.lora_alpha}, scaling={self.scaling:g}, merged={self.merged}")
