@@ -71,7 +71,10 @@ def apply_lora(
         target_modules: one module name or several, matched by PEFT's suffix rule.
         r, lora_alpha, lora_dropout, use_rslora, init_lora_weights: as in ``LoRALinear``.
     """
-    targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+    if isinstance(target_modules, str):
+        targets = [target_modules]
+    else:
+        targets = list(target_modules) if isinstance(target_modules, Iterable) else []
     if not targets or not all(isinstance(t, str) and t for t in targets):
         raise TypeError(f"target_modules must be a non-empty list of module names, "
                         f"got {target_modules!r}; e.g. target_modules=['q_proj', 'v_proj']")
@@ -102,10 +105,16 @@ def apply_lora(
         raise ValueError(f"target_modules {unmatched} match no nn.Linear in the model; "
                          f"its linear layers are: {linear_names}")
 
-    wrapped = {name: LoRALinear(model.get_submodule(name), r=r, lora_alpha=lora_alpha,
-                                lora_dropout=lora_dropout, use_rslora=use_rslora,
-                                init_lora_weights=init_lora_weights)
-               for name in chosen}  # may raise (e.g. r too large) before the model changes
+    flags = {p: p.requires_grad for p in model.parameters()}
+    try:  # LoRALinear may refuse an argument (e.g. r too large) after freezing earlier bases
+        wrapped = {name: LoRALinear(model.get_submodule(name), r=r, lora_alpha=lora_alpha,
+                                    lora_dropout=lora_dropout, use_rslora=use_rslora,
+                                    init_lora_weights=init_lora_weights)
+                   for name in chosen}
+    except (TypeError, ValueError):
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+        raise
     for name, layer in wrapped.items():
         _set_submodule(model, name, layer)
     mark_only_lora_as_trainable(model)

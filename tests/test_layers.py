@@ -1,0 +1,228 @@
+"""LoRALinear: initialisation, forward, scaling, merging, dtypes and bad input."""
+
+import math
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from lora_helpers import LoRALinear
+
+
+def make_layer(in_f=16, out_f=12, **kwargs):
+    torch.manual_seed(0)
+    return LoRALinear(nn.Linear(in_f, out_f), **kwargs)
+
+
+def test_wraps_the_base_layer_without_copying_and_freezes_it():
+    base = nn.Linear(16, 12)
+    layer = LoRALinear(base, r=4)
+    assert layer.base is base
+    assert not base.weight.requires_grad and not base.bias.requires_grad
+    assert layer.lora_A.requires_grad and layer.lora_B.requires_grad
+    assert layer.lora_A.shape == (4, 16) and layer.lora_B.shape == (12, 4)
+    assert (layer.in_features, layer.out_features, layer.r) == (16, 12, 4)
+
+
+def test_output_equals_base_exactly_at_init():
+    layer = make_layer(r=4)
+    x = torch.randn(5, 16)
+    assert torch.equal(layer(x), layer.base(x))
+    assert torch.count_nonzero(layer.lora_B) == 0
+
+
+@pytest.mark.parametrize("in_f", [8, 64, 1000])
+def test_default_init_a_inside_kaiming_bound_and_b_zero(in_f):
+    layer = make_layer(in_f=in_f, out_f=8, r=8)
+    bound = 1 / math.sqrt(in_f)
+    assert layer.lora_A.abs().max() <= bound
+    # The samples fill the range: with 8*in_f uniform draws the max is close to the bound.
+    assert layer.lora_A.abs().max() > 0.9 * bound
+    assert torch.equal(layer.lora_B, torch.zeros_like(layer.lora_B))
+
+
+def test_gaussian_init_has_std_one_over_r():
+    layer = LoRALinear(nn.Linear(4096, 64), r=4, init_lora_weights="gaussian")
+    assert torch.equal(layer.lora_B, torch.zeros_like(layer.lora_B))
+    assert abs(layer.lora_A.std().item() - 1 / 4) < 0.01
+    # Gaussian, not uniform: values beyond the kaiming bound appear.
+    assert layer.lora_A.abs().max() > 1 / math.sqrt(4096)
+
+
+def test_init_false_makes_delta_nonzero():
+    layer = make_layer(r=4, init_lora_weights=False)
+    assert layer.delta_weight().abs().sum() > 0
+    x = torch.randn(3, 16)
+    assert not torch.allclose(layer(x), layer.base(x))
+
+
+@pytest.mark.parametrize("r,alpha,rslora,expected", [
+    (8, 8, False, 1.0), (4, 16, False, 4.0), (16, 8, False, 0.5),
+    (4, 8, True, 4.0), (16, 8, True, 2.0), (9, 3, True, 1.0),
+])
+def test_scaling(r, alpha, rslora, expected):
+    layer = make_layer(in_f=32, out_f=32, r=r, lora_alpha=alpha, use_rslora=rslora)
+    assert layer.scaling == pytest.approx(expected)
+
+
+def test_forward_matches_formula_and_delta_weight():
+    layer = make_layer(r=4, lora_alpha=12, init_lora_weights=False)
+    x = torch.randn(2, 3, 16)
+    expected = x @ layer.base.weight.T + layer.base.bias + 3.0 * (x @ layer.lora_A.T @ layer.lora_B.T)
+    assert torch.allclose(layer(x), expected, atol=1e-6)
+    assert torch.allclose(layer.delta_weight(), 3.0 * layer.lora_B @ layer.lora_A)
+    assert torch.allclose(layer(x), x @ (layer.base.weight + layer.delta_weight()).T + layer.base.bias,
+                          atol=1e-5)
+
+
+def test_forward_never_forms_the_full_delta(monkeypatch):
+    layer = make_layer(r=4, init_lora_weights=False)
+    monkeypatch.setattr(LoRALinear, "delta_weight", lambda self: pytest.fail("formed B @ A"))
+    layer(torch.randn(3, 16))
+
+
+def test_dropout_only_on_lora_path():
+    layer = make_layer(r=4, lora_dropout=0.5, init_lora_weights=False)
+    x = torch.randn(64, 16)
+    layer.eval()
+    assert torch.allclose(layer(x), x @ (layer.base.weight + layer.delta_weight()).T + layer.base.bias,
+                          atol=1e-5)
+    layer.train()
+    torch.manual_seed(1)
+    y1 = layer(x)
+    torch.manual_seed(2)
+    assert not torch.allclose(y1, layer(x))
+    with torch.no_grad():
+        layer.lora_B.zero_()
+    assert torch.equal(layer(x), layer.base(x))  # dropout never touches the base path
+
+
+@settings(deadline=None, max_examples=25)
+@given(in_f=st.integers(1, 24), out_f=st.integers(1, 24), data=st.data(),
+       batch=st.lists(st.integers(1, 3), min_size=0, max_size=3),
+       alpha=st.floats(0.5, 32), rslora=st.booleans())
+def test_merged_unmerged_outputs_agree(in_f, out_f, data, batch, alpha, rslora):
+    r = data.draw(st.integers(1, min(in_f, out_f)))
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(in_f, out_f), r=r, lora_alpha=alpha, use_rslora=rslora,
+                       init_lora_weights=False)
+    x = torch.randn(*batch, in_f)
+    w0 = layer.base.weight.clone()
+    y = layer(x)
+    assert y.shape == (*batch, out_f)
+    layer.merge()
+    assert layer.merged
+    assert torch.allclose(layer(x), y, atol=1e-5)
+    assert torch.allclose(layer.base.weight, w0 + layer.delta_weight(), atol=1e-6)
+    layer.unmerge()
+    assert not layer.merged
+    assert torch.allclose(layer(x), y, atol=1e-5)
+    assert torch.allclose(layer.base.weight, w0, atol=1e-6)
+
+
+def test_double_merge_warns_and_changes_nothing():
+    layer = make_layer(r=4, init_lora_weights=False)
+    layer.merge()
+    w = layer.base.weight.clone()
+    with pytest.warns(UserWarning, match="already merged"):
+        layer.merge()
+    assert torch.equal(layer.base.weight, w) and layer.merged
+
+
+def test_unmerge_unmerged_warns_and_changes_nothing():
+    layer = make_layer(r=4, init_lora_weights=False)
+    w = layer.base.weight.clone()
+    with pytest.warns(UserWarning, match="not merged"):
+        layer.unmerge()
+    assert torch.equal(layer.base.weight, w) and not layer.merged
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_merge_refuses_non_finite_and_leaves_weights(bad):
+    layer = make_layer(r=4, init_lora_weights=False)
+    with torch.no_grad():
+        layer.lora_B[0, 0] = bad
+    w = layer.base.weight.clone()
+    with pytest.raises(ValueError, match="NaN or inf"):
+        layer.merge()
+    assert torch.equal(layer.base.weight, w) and not layer.merged
+
+
+def test_only_lora_parameters_change_after_training_steps():
+    layer = make_layer(r=4)
+    w0, b0, a0 = layer.base.weight.clone(), layer.base.bias.clone(), layer.lora_A.clone()
+    opt = torch.optim.AdamW([p for p in layer.parameters() if p.requires_grad], lr=1e-2)
+    x, target = torch.randn(32, 16), torch.randn(32, 12)
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.mse_loss(layer(x), target).backward()
+        opt.step()
+    assert torch.equal(layer.base.weight, w0) and torch.equal(layer.base.bias, b0)
+    assert not torch.equal(layer.lora_A, a0)
+    assert layer.lora_B.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_bases(dtype):
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(32, 16).to(dtype), r=4, init_lora_weights=False)
+    assert layer.lora_A.dtype == dtype and layer.lora_B.dtype == dtype
+    x = torch.randn(8, 32, dtype=dtype)
+    y = layer(x)
+    assert y.dtype == dtype and torch.isfinite(y).all()
+    ref = x.float() @ (layer.base.weight.float() + layer.delta_weight().float()).T + layer.base.bias.float()
+    assert torch.allclose(y.float(), ref, atol=0.1, rtol=0.05)
+    y.float().sum().backward()
+    assert layer.lora_A.grad is not None and layer.base.weight.grad is None
+    layer.merge()
+    assert torch.allclose(layer(x).float(), y.float(), atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    ({"r": 0}, ValueError, "r must be >= 1"),
+    ({"r": -2}, ValueError, "r must be >= 1"),
+    ({"r": 2.0}, TypeError, "r must be a positive int"),
+    ({"r": True}, TypeError, "r must be a positive int"),
+    ({"r": 13}, ValueError, r"r=13 exceeds min\(in_features, out_features\)"),
+    ({"lora_alpha": 0}, ValueError, "lora_alpha must be > 0"),
+    ({"lora_alpha": -1.5}, ValueError, "lora_alpha must be > 0"),
+    ({"lora_alpha": float("nan")}, ValueError, "lora_alpha must be > 0"),
+    ({"lora_alpha": "8"}, TypeError, "lora_alpha must be a positive number"),
+    ({"lora_dropout": 1.0}, ValueError, r"lora_dropout must be in \[0, 1\)"),
+    ({"lora_dropout": -0.1}, ValueError, r"lora_dropout must be in \[0, 1\)"),
+    ({"init_lora_weights": "kaiming"}, ValueError, "init_lora_weights must be True, False or 'gaussian'"),
+    ({"init_lora_weights": 1}, ValueError, "init_lora_weights must be"),
+])
+def test_bad_arguments(kwargs, exc, match):
+    base = nn.Linear(16, 12)
+    w = base.weight.clone()
+    with pytest.raises(exc, match=match):
+        LoRALinear(base, **kwargs)
+    assert base.weight.requires_grad and torch.equal(base.weight, w)  # untouched
+
+
+def test_bad_base():
+    with pytest.raises(TypeError, match="base must be an nn.Linear, got Conv1d"):
+        LoRALinear(nn.Conv1d(3, 3, 1))
+    with pytest.raises(ValueError, match="already has LoRA"):
+        LoRALinear(make_layer(r=2))
+
+
+def test_bad_inputs_to_forward():
+    layer = make_layer(r=4)
+    with pytest.raises(ValueError, match=r"expected input of shape \(\.\.\., 16\), got \(3, 15\)"):
+        layer(torch.randn(3, 15))
+    with pytest.raises(TypeError, match="input dtype torch.float64"):
+        layer(torch.randn(3, 16, dtype=torch.float64))
+
+
+def test_no_warnings_in_normal_use():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer = make_layer(r=4, lora_dropout=0.1)
+        layer(torch.randn(2, 16)).sum().backward()
+        layer.merge()
+        layer.unmerge()
