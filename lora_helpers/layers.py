@@ -143,7 +143,10 @@ class LoRALinear(nn.Module):
         if self.merged or self.disabled:
             return result
         h = self.lora_dropout(x) @ self.lora_A.T  # (..., in) @ (in, r) -> (..., r)
-        return result + (h * self.scaling) @ self.lora_B.T  # (..., r) @ (r, out) -> (..., out)
+        # result + scaling · h @ B^T in one fused call, on 2-D views: (n, out) + (n, r) @ (r, out)
+        out = torch.addmm(result.reshape(-1, self.out_features), h.reshape(-1, self.r),
+                          self.lora_B.T, alpha=self.scaling)  # (n, out)
+        return out.view(result.shape)  # (..., out)
 
     @torch.no_grad()
     def merge(self) -> None:

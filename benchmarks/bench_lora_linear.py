@@ -1,0 +1,92 @@
+"""How much does LoRA cost? Side-by-side timings of LoRALinear against a plain nn.Linear.
+
+    python benchmarks/bench_lora_linear.py            # d=2048, r=8, batch 256 + sweep over r
+    python benchmarks/bench_lora_linear.py --repeats 50
+
+(a) training step: unmerged LoRALinear forward+backward vs a frozen nn.Linear forward+backward
+    (the input requires grad in both, so both run the backward matmul for dL/dx);
+(b) inference: merged LoRALinear forward vs nn.Linear forward (paper §4.1: no added latency).
+
+The two sides are timed alternately inside one loop and the ratio of their medians is printed,
+so machine noise hits both alike. Ratios, not absolute times, are the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from lora_helpers import LoRALinear
+
+
+def paired_median_ratio(fn_a: Callable[[], None], fn_b: Callable[[], None], repeats: int,
+                        warmup: int = 5) -> tuple[float, float, float]:
+    """Time ``fn_a`` and ``fn_b`` alternately; return (median_a s, median_b s, median_a / median_b)."""
+    for _ in range(warmup):
+        fn_a()
+        fn_b()
+    times_a, times_b = [], []
+    for i in range(repeats):
+        order = (fn_a, fn_b) if i % 2 == 0 else (fn_b, fn_a)  # alternate who goes first
+        for fn in order:
+            start = time.perf_counter()
+            fn()
+            (times_a if fn is fn_a else times_b).append(time.perf_counter() - start)
+    med_a, med_b = statistics.median(times_a), statistics.median(times_b)
+    return med_a, med_b, med_a / med_b
+
+
+def make_pair(d: int, r: int) -> tuple[LoRALinear, nn.Linear]:
+    torch.manual_seed(0)
+    plain = nn.Linear(d, d).requires_grad_(False)
+    lora = LoRALinear(nn.Linear(d, d), r=r, lora_alpha=2 * r, init_lora_weights=False)
+    return lora, plain
+
+
+def train_step(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        for p in layer.parameters():
+            p.grad = None
+        x.grad = None
+        layer(x).backward(grad)  # (batch, d) -> (batch, d); grads for x (and A, B)
+    return step
+
+
+def inference(layer: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    def forward() -> None:
+        with torch.no_grad():
+            layer(x)
+    return forward
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--d", type=int, default=2048)
+    parser.add_argument("--r", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--sweep", type=int, nargs="*", default=[1, 4, 16, 64, 256])
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, d={args.d}, "
+          f"batch={args.batch}, {args.repeats} paired repeats (median)")
+
+    x = torch.randn(args.batch, args.d, requires_grad=True)
+    grad = torch.randn(args.batch, args.d)
+    print(f"{'r':>5} {'(a) train LoRA/Linear':>22} {'(b) merged fwd/Linear':>22}")
+    for r in [args.r] + [r for r in args.sweep if r != args.r]:
+        lora, plain = make_pair(args.d, r)
+        _, _, ratio_a = paired_median_ratio(train_step(lora, x, grad), train_step(plain, x, grad),
+                                            args.repeats)
+        lora.merge()
+        _, _, ratio_b = paired_median_ratio(inference(lora, x), inference(plain, x), args.repeats)
+        target = "   targets: (a) <= 1.08, (b) <= 1.02" if r == args.r else ""
+        print(f"{r:>5} {ratio_a:>22.3f} {ratio_b:>22.3f}{target}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Root pytest configuration, shared by the unit tests and strict nbval over the notebooks.
+
+Notebook kernels inherit this process's environment, so the variables below reach them; the
+script that re-executes the stored outputs (scripts/execute_notebooks.py) sets the same ones,
+so stored and tested outputs come from the same settings.
+"""
+
+import os
+from pathlib import Path
+
+from hypothesis import settings
+
+ROOT = Path(__file__).resolve().parent
+
+NOTEBOOK_ENV = {
+    "TQDM_DISABLE": "1",       # progress bars are for people; stored outputs stay bar-free
+    "PYTHONHASHSEED": "0",
+    "PYDEVD_DISABLE_FILE_VALIDATION": "1",  # silences a debugger warning on stderr
+}
+os.environ.update(NOTEBOOK_ENV)
+os.environ.pop("MPLBACKEND", None)  # Agg here would stop inline figures in the kernels
+
+settings.register_profile("default", deadline=None, print_blob=True)
+settings.load_profile("default")
+
+
+def pytest_configure(config):
+    # nbval reads the sanitizer path relative to the current directory; make it absolute so
+    # `pytest` works from any folder of the checkout.
+    path = getattr(config.option, "nbval_sanitize_with", None)
+    if path and not Path(path).is_absolute():
+        config.option.nbval_sanitize_with = str(ROOT / path)

@@ -1,0 +1,55 @@
+"""Re-execute notebooks in place so their stored outputs come from the current code.
+
+Usage (from the repository root, inside the project's virtual environment):
+
+    python scripts/execute_notebooks.py                # every notebooks/*.ipynb
+    python scripts/execute_notebooks.py notebooks/03_implementation.ipynb
+
+Each notebook runs top to bottom in a fresh kernel with the same environment variables the
+tests use (see conftest.py), and its wall time is printed. Metadata is normalised (kernelspec
+python3, no timings, no widget state) so that diffs show only real changes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from conftest import NOTEBOOK_ENV  # noqa: E402  (the one place these settings live)
+
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+
+
+def execute(path: Path) -> float:
+    """Execute one notebook in place; return its wall time in seconds."""
+    nb = nbformat.read(path, as_version=4)
+    start = time.perf_counter()
+    NotebookClient(nb, timeout=600, kernel_name="python3", record_timing=False,
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    seconds = time.perf_counter() - start
+    nb.metadata = {"kernelspec": KERNELSPEC, "language_info": {"name": "python"}}
+    nb.nbformat, nb.nbformat_minor = 4, 5
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+    nbformat.validate(nb)
+    nbformat.write(nb, path)
+    return seconds
+
+
+def main(argv: list[str]) -> None:
+    os.environ.update(NOTEBOOK_ENV)
+    os.environ.pop("MPLBACKEND", None)
+    paths = [Path(a) for a in argv] or sorted((ROOT / "notebooks").glob("*.ipynb"))
+    for path in paths:
+        print(f"{path.name}: {execute(path.resolve()):.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

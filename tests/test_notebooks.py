@@ -1,0 +1,105 @@
+"""Hygiene of the stored notebooks: strict nbval compares their outputs, so they must be clean.
+
+These checks read the .ipynb files; executing them is nbval's job (the same pytest run).
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+EXPECTED = [
+    "01_introduction.ipynb",
+    "02_mathematical_formulation.ipynb",
+    "03_implementation.ipynb",
+    "04_visualization.ipynb",
+    "05_applications.ipynb",
+    "06_understanding_low_rank_updates.ipynb",
+]
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+MAX_BYTES = 1_500_000       # one notebook
+MAX_TOTAL_BYTES = 4_000_000  # all of them
+REQUIRED_HEADINGS = ["learning objectives", "prerequisites", "estimated time", "exercises",
+                     "summary"]
+ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+MACHINE_PATH = re.compile(r"(/home/|/root/|/tmp/|/work/|/Users/|[A-Z]:\\\\|site-packages)")
+
+
+def load(path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def code_cells(nb):
+    return [c for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def source(cell):
+    return "".join(cell["source"])
+
+
+def output_text(cell):
+    parts = []
+    for out in cell.get("outputs", []):
+        parts.append("".join(out.get("text", "")))
+        for key, value in out.get("data", {}).items():
+            if key.startswith("text/"):
+                parts.append("".join(value))
+        parts.append(str(out.get("evalue", "")))
+    return "\n".join(parts)
+
+
+def test_only_the_planned_notebooks_exist_in_order():
+    assert [p.name for p in NOTEBOOKS] == [n for n in EXPECTED if (NOTEBOOK_DIR / n).exists()]
+
+
+def test_total_size_within_budget():
+    assert sum(p.stat().st_size for p in NOTEBOOKS) <= MAX_TOTAL_BYTES
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+class TestNotebook:
+    def test_executed_top_to_bottom(self, path):
+        counts = [c["execution_count"] for c in code_cells(load(path))]
+        assert counts == list(range(1, len(counts) + 1)), "re-run scripts/execute_notebooks.py"
+
+    def test_no_errors_or_stderr_except_marked_cells(self, path):
+        for cell in code_cells(load(path)):
+            for out in cell["outputs"]:
+                if out["output_type"] == "error":
+                    assert "NBVAL_RAISES_EXCEPTION" in source(cell), source(cell)[:200]
+                assert out.get("name") != "stderr", f"stderr stored: {''.join(out['text'])[:300]}"
+
+    def test_imports_lora_helpers(self, path):
+        assert any("lora_helpers" in source(c) for c in code_cells(load(path)))
+
+    def test_metadata(self, path):
+        nb = load(path)
+        assert nb["metadata"]["kernelspec"]["name"] == "python3"
+        assert (nb["nbformat"], nb["nbformat_minor"]) == (4, 5)
+        assert all("id" in c for c in nb["cells"])
+
+    def test_no_addresses_or_machine_paths_in_outputs(self, path):
+        for cell in code_cells(load(path)):
+            text = output_text(cell)
+            assert not ADDRESS.search(text), text[:300]
+            assert not MACHINE_PATH.search(text), text[:300]
+
+    def test_size_within_budget(self, path):
+        assert path.stat().st_size <= MAX_BYTES
+
+    def test_structure(self, path):
+        nb = load(path)
+        first = source(nb["cells"][0])
+        assert nb["cells"][0]["cell_type"] == "markdown" and first.startswith("# ")
+        markdown = "\n".join(source(c).lower() for c in nb["cells"] if c["cell_type"] == "markdown")
+        missing = [h for h in REQUIRED_HEADINGS if h not in markdown]
+        assert not missing, f"missing sections: {missing}"
+        assert "<details>" in markdown, "exercise solutions go in collapsed <details> blocks"
+
+    def test_training_outputs_are_not_compared(self, path):
+        # Progress bars and timings vary per run: they belong in NBVAL_IGNORE_OUTPUT cells.
+        for cell in code_cells(load(path)):
+            if re.search(r"\btqdm\b|perf_counter|time\.time\(", source(cell)) and cell["outputs"]:
+                assert "NBVAL_IGNORE_OUTPUT" in source(cell), source(cell)[:200]
