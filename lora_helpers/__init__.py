@@ -19,4 +19,17 @@ from .inject import (
 )
 from .layers import LoRALinear
 from .params import count_parameters, lora_parameter_count, print_trainable_parameters
+from .rank import (
+    amplification_factor,
+    effective_rank,
+    energy_rank,
+    low_rank_approximation,
+    projection_norm,
+    reconstruction_error,
+    singular_values,
+    stable_rank,
+    subspace_similarity,
+    subspace_similarity_grid,
+    top_singular_vectors,
+)
 from .state import checkpoint_bytes, load_lora_state_dict, lora_state_dict
