@@ -114,21 +114,31 @@ def reconstruction_error(w: Matrix, r: int) -> float:
     return 0.0 if total == 0 else float(torch.linalg.matrix_norm(residual) / total)
 
 
-def energy_rank(w: Matrix, threshold: float = 0.9) -> int:
-    """Smallest k with ``σ_1² + ... + σ_k² >= threshold · Σ σ_i²`` (up to 1e-12 rounding).
-
-    ``threshold`` is in (0, 1]; ``threshold=1`` gives the numerical rank. 0 for a zero matrix.
-    """
+def _check_threshold(threshold: object) -> float:
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
         raise TypeError(f"threshold must be a number in (0, 1], got {threshold!r}")
     if not 0 < threshold <= 1:  # also catches NaN
         raise ValueError(f"threshold must be in (0, 1], got {threshold}; e.g. 0.9 for 90% energy")
-    energy = torch.linalg.svdvals(_as_matrix(w)) ** 2  # (k,)
+    return float(threshold)
+
+
+def _energy_rank(s: torch.Tensor, threshold: float) -> int:
+    """Energy rank from the singular values ``s`` ``(k,)`` (float64, descending)."""
+    energy = s ** 2  # (k,)
     if energy.sum() == 0:
         return 0
     cumulative = energy.cumsum(0) / energy.sum()  # (k,), non-decreasing, ends at 1
     k = int(torch.searchsorted(cumulative, cumulative.new_tensor([threshold - 1e-12]))) + 1
     return min(k, len(energy))
+
+
+def energy_rank(w: Matrix, threshold: float = 0.9) -> int:
+    """Smallest k with ``σ_1² + ... + σ_k² >= threshold · Σ σ_i²`` (up to 1e-12 rounding).
+
+    ``threshold`` is in (0, 1]; ``threshold=1`` gives the numerical rank. 0 for a zero matrix.
+    """
+    threshold = _check_threshold(threshold)
+    return _energy_rank(torch.linalg.svdvals(_as_matrix(w)), threshold)
 
 
 def stable_rank(w: Matrix) -> float:
