@@ -6,6 +6,9 @@ One concept per module:
 - ``inject``: ``apply_lora`` and friends: put LoRA into a model by name, freeze, merge, unload.
 - ``state``: adapter-only checkpoints.
 - ``params``: parameter counting, PEFT's ``print_trainable_parameters`` line, the paper's count.
+- ``rank``: SVD rank analysis (low-rank approximation, energy/stable/effective rank) and the
+  paper's §7 measures (subspace similarity, amplification factor).
+- ``plotting``: weight-matrix heatmaps, the LoRA decomposition as a picture, spectra, φ grids.
 """
 
 from .inject import (
@@ -19,6 +22,12 @@ from .inject import (
 )
 from .layers import LoRALinear
 from .params import count_parameters, lora_parameter_count, print_trainable_parameters
+from .plotting import (
+    plot_heatmap,
+    plot_lora_decomposition,
+    plot_singular_values,
+    plot_subspace_similarity,
+)
 from .rank import (
     amplification_factor,
     effective_rank,
