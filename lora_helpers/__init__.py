@@ -9,6 +9,9 @@ One concept per module:
 - ``rank``: SVD rank analysis (low-rank approximation, energy/stable/effective rank) and the
   paper's §7 measures (subspace similarity, amplification factor).
 - ``plotting``: weight-matrix heatmaps, the LoRA decomposition as a picture, spectra, φ grids.
+- ``models``: a tiny transformer classifier with separate ``q_proj``/``k_proj``/``v_proj``/``out_proj``.
+- ``data``: scikit-learn's bundled handwritten digits as tensors, and domain-shifted tasks.
+- ``training``: ``train``/``evaluate``, optimizer-state bytes, the pretrained digits classifier.
 """
 
 from .inject import (
@@ -20,7 +23,9 @@ from .inject import (
     merge_lora,
     unmerge_lora,
 )
+from .data import TASKS, DigitsSplit, load_digits_split, make_task
 from .layers import LoRALinear
+from .models import MLP, MultiHeadSelfAttention, TinyTransformerClassifier, TransformerBlock
 from .params import count_parameters, lora_parameter_count, print_trainable_parameters
 from .plotting import (
     plot_heatmap,
@@ -42,3 +47,4 @@ from .rank import (
     top_singular_vectors,
 )
 from .state import checkpoint_bytes, load_lora_state_dict, lora_state_dict
+from .training import History, evaluate, optimizer_state_bytes, pretrain_digits_classifier, train

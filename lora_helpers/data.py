@@ -1,0 +1,74 @@
+"""Real data without downloads: scikit-learn's bundled handwritten digits, and tasks made from them.
+
+``sklearn.datasets.load_digits`` ships 1,797 real 8×8 grey-level images of handwritten digits
+(UCI "Optical Recognition of Handwritten Digits") inside the scikit-learn package. A model is
+pretrained on the original images; the downstream tasks below are domain shifts of the same
+images, to adapt to with full fine-tuning or LoRA.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+__all__ = ["DigitsSplit", "TASKS", "load_digits_split", "make_task"]
+
+
+class DigitsSplit(NamedTuple):
+    """Train/test tensors: images float32 ``(n, 8, 8)`` in [0, 1], labels int64 ``(n,)``."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def _rotated(x: torch.Tensor) -> torch.Tensor:
+    return torch.rot90(x, 1, dims=(1, 2))  # (n, 8, 8), 90° counter-clockwise
+
+
+def _flipped(x: torch.Tensor) -> torch.Tensor:
+    return x.flip(2)  # (n, 8, 8), mirrored left-right
+
+
+def _inverted(x: torch.Tensor) -> torch.Tensor:
+    return 1.0 - x  # (n, 8, 8), white digit on black becomes black on white
+
+
+def _transposed(x: torch.Tensor) -> torch.Tensor:
+    return x.transpose(1, 2)  # (n, 8, 8), mirrored along the main diagonal
+
+
+_TRANSFORMS = {"original": lambda x: x, "rotated": _rotated, "flipped": _flipped,
+               "inverted": _inverted, "transposed": _transposed}
+TASKS: tuple[str, ...] = tuple(_TRANSFORMS)
+"""Task names: ``"original"`` (pretraining) and four domain shifts with the same labels."""
+
+
+def load_digits_split(test_size: float = 0.25, seed: int = 0) -> DigitsSplit:
+    """Load the 1,797 digits as tensors with a seeded, stratified train/test split.
+
+    Pixel values (0–16 in the raw data) are scaled to [0, 1]. The same ``seed`` always gives the
+    same split; every class keeps its share in both parts.
+    """
+    if not 0.0 < test_size < 1.0:
+        raise ValueError(f"test_size must be in (0, 1), got {test_size!r}; e.g. 0.25")
+    images, labels = load_digits(return_X_y=True)  # (1797, 64) floats in 0..16, (1797,)
+    x = torch.tensor(images / 16.0, dtype=torch.float32).view(-1, 8, 8)  # (n, 8, 8) in [0, 1]
+    y = torch.tensor(labels, dtype=torch.int64)  # (n,)
+    train_idx, test_idx = train_test_split(torch.arange(len(y)).numpy(), test_size=test_size,
+                                           random_state=seed, stratify=labels)
+    train_idx, test_idx = torch.from_numpy(train_idx), torch.from_numpy(test_idx)
+    return DigitsSplit(x[train_idx], y[train_idx], x[test_idx], y[test_idx])
+
+
+def make_task(split: DigitsSplit, name: str) -> DigitsSplit:
+    """Return the split with task ``name``'s transform applied to every image (labels unchanged)."""
+    if name not in _TRANSFORMS:
+        raise ValueError(f"unknown task {name!r}; choose one of {TASKS}")
+    transform = _TRANSFORMS[name]
+    return DigitsSplit(transform(split.x_train).contiguous(), split.y_train,
+                       transform(split.x_test).contiguous(), split.y_test)
