@@ -54,7 +54,8 @@ def load_digits_split(test_size: float = 0.25, seed: int = 0) -> DigitsSplit:
     Pixel values (0–16 in the raw data) are scaled to [0, 1]. The same ``seed`` always gives the
     same split; every class keeps its share in both parts.
     """
-    if not 0.0 < test_size < 1.0:
+    if isinstance(test_size, bool) or not isinstance(test_size, (int, float)) \
+            or not 0.0 < test_size < 1.0:
         raise ValueError(f"test_size must be in (0, 1), got {test_size!r}; e.g. 0.25")
     images, labels = load_digits(return_X_y=True)  # (1797, 64) floats in 0..16, (1797,)
     x = torch.tensor(images / 16.0, dtype=torch.float32).view(-1, 8, 8)  # (n, 8, 8) in [0, 1]
@@ -67,7 +68,7 @@ def load_digits_split(test_size: float = 0.25, seed: int = 0) -> DigitsSplit:
 
 def make_task(split: DigitsSplit, name: str) -> DigitsSplit:
     """Return the split with task ``name``'s transform applied to every image (labels unchanged)."""
-    if name not in _TRANSFORMS:
+    if not isinstance(name, str) or name not in _TRANSFORMS:
         raise ValueError(f"unknown task {name!r}; choose one of {TASKS}")
     transform = _TRANSFORMS[name]
     return DigitsSplit(transform(split.x_train).contiguous(), split.y_train,

@@ -137,6 +137,10 @@ class TinyTransformerClassifier(nn.Module):
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
         """``(batch, 8, 8)`` (or ``(batch, 1, 8, 8)``, ``(batch, 64)``) → ``(batch, n_patches, p·p)``."""
         s, p = self.image_size, self.patch_size
+        if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+            raise TypeError("expected a floating-point image tensor, got "
+                            f"{getattr(images, 'dtype', type(images).__name__)}; "
+                            "convert with images.float()")
         if images.dim() == 2 and images.shape[1] == s * s:
             images = images.view(-1, s, s)
         elif images.dim() == 4 and images.shape[1] == 1:

@@ -29,6 +29,9 @@ class History:
 def _check_data(x: torch.Tensor, y: torch.Tensor, what: str) -> None:
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise TypeError(f"{what}: x and y must be tensors, got {type(x).__name__}, {type(y).__name__}")
+    if y.dtype != torch.int64:
+        raise TypeError(f"{what}: labels must be class indices of dtype torch.int64, got "
+                        f"{y.dtype}; convert with y.long()")
     if y.dim() != 1 or len(x) != len(y) or len(y) == 0:
         raise ValueError(f"{what}: need as many images as labels (and at least one), got x "
                          f"{tuple(x.shape)} and y {tuple(y.shape)}")
@@ -42,7 +45,9 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, *, epo
 
     Args:
         x_train: inputs ``(n, ...)``; y_train: class indices ``(n,)``.
-        epochs, lr, batch_size, weight_decay: the usual; the batch order is seeded by ``seed``.
+        epochs, lr, batch_size, weight_decay: the usual; the batch order is seeded by ``seed``
+            (dropout and model initialisation use the global RNG: seed it with
+            ``torch.manual_seed`` for a fully reproducible run).
         x_val, y_val: optional validation data, evaluated after every epoch.
         progress: show a ``tqdm.auto`` progress bar over epochs.
     Returns:
@@ -74,6 +79,10 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, *, epo
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]  # (batch,)
             logits = model(x_train[idx])  # (batch, n_classes)
+            if y_train[idx].max() >= logits.shape[1] or y_train[idx].min() < 0:
+                raise ValueError(f"labels must be in [0, {logits.shape[1]}) for a model with "
+                                 f"{logits.shape[1]} outputs, got labels from "
+                                 f"{y_train.min().item()} to {y_train.max().item()}")
             loss = nn.functional.cross_entropy(logits, y_train[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

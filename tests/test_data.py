@@ -54,5 +54,8 @@ def test_shifted_tasks_differ_from_the_original(split):
 def test_bad_arguments(split):
     with pytest.raises(ValueError, match=r"unknown task 'upside_down'; choose one of \('original'"):
         make_task(split, "upside_down")
-    with pytest.raises(ValueError, match="test_size must be in"):
-        load_digits_split(test_size=1.5)
+    with pytest.raises(ValueError, match="unknown task"):
+        make_task(split, ["rotated"])
+    for bad in (1.5, "0.2"):
+        with pytest.raises(ValueError, match="test_size must be in"):
+            load_digits_split(test_size=bad)

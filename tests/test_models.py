@@ -10,7 +10,7 @@ from lora_helpers import (MultiHeadSelfAttention, TinyTransformerClassifier, Tra
                           apply_lora, lora_layers)
 
 
-@settings(max_examples=20)
+@settings(max_examples=20, deadline=None)
 @given(n_heads=st.sampled_from([1, 2, 4]), d_head=st.integers(1, 8), batch=st.integers(1, 3),
        seq=st.integers(1, 6), seed=st.integers(0, 1000))
 def test_attention_equals_scaled_dot_product_attention(n_heads, d_head, batch, seq, seed):
@@ -100,5 +100,7 @@ def test_bad_construction(make, match):
 def test_bad_input_shapes():
     with pytest.raises(ValueError, match=r"expected images of shape \(batch, 8, 8\).*got \(2, 7, 7\)"):
         TinyTransformerClassifier()(torch.rand(2, 7, 7))
+    with pytest.raises(TypeError, match="floating-point image tensor, got torch.int64"):
+        TinyTransformerClassifier()(torch.ones(2, 8, 8, dtype=torch.int64))
     with pytest.raises(ValueError, match=r"expected \(batch, seq, 8\), got \(2, 3, 6\)"):
         MultiHeadSelfAttention(8, 2)(torch.rand(2, 3, 6))

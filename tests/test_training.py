@@ -87,5 +87,9 @@ def test_bad_input(data):
     frozen = copy.deepcopy(model).requires_grad_(False)
     with pytest.raises(ValueError, match="nothing to train"):
         train(frozen, x, y, epochs=1, lr=1e-3)
+    with pytest.raises(TypeError, match="dtype torch.int64, got torch.float32"):
+        train(model, x, y.float(), epochs=1, lr=1e-3)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 10\).*from 10 to 19"):
+        train(model, x, y + 10, epochs=1, lr=1e-3)
     with pytest.raises(TypeError, match="must be tensors"):
         evaluate(model, x.numpy(), y)
