@@ -47,6 +47,7 @@ def output_text(cell):
             if key.startswith("text/"):
                 parts.append("".join(value))
         parts.append(str(out.get("evalue", "")))
+        parts.extend(out.get("traceback", []))
     return "\n".join(parts)
 
 
