@@ -8,45 +8,59 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .inject import _require_lora
+from .inject import _BIAS_MODES, _require_lora
 
 __all__ = ["lora_state_dict", "load_lora_state_dict", "checkpoint_bytes"]
 
 
-def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Return only the LoRA tensors, keyed like ``model.state_dict()``.
+def _adapter_parameters(model: nn.Module, bias: str) -> dict[str, nn.Parameter]:
+    """The parameters an adapter file holds, keyed like ``model.state_dict()``.
 
-    Keys are ``"<module path>.lora_A"`` (shape ``(r, in)``) and ``"<module path>.lora_B"``
-    (shape ``(out, r)``). Values are detached *copies*, so training on afterwards does not
-    change a saved adapter (handy for keeping several adapters in memory).
+    Always ``"<path>.lora_A"`` and ``"<path>.lora_B"``; with ``bias="lora_only"`` also the biases
+    of the adapted layers (``"<path>.base.bias"``); with ``bias="all"`` every bias in the model
+    (loralib's modes, matching ``mark_only_lora_as_trainable``).
     """
-    state = {}
+    if bias not in _BIAS_MODES:
+        raise ValueError(f"bias must be one of {_BIAS_MODES}, got {bias!r}")
+    params = {}
     for name, layer in _require_lora(model):
         prefix = f"{name}." if name else ""
-        state[prefix + "lora_A"] = layer.lora_A.detach().clone()  # (r, in)
-        state[prefix + "lora_B"] = layer.lora_B.detach().clone()  # (out, r)
-    return state
+        params[prefix + "lora_A"] = layer.lora_A  # (r, in)
+        params[prefix + "lora_B"] = layer.lora_B  # (out, r)
+        if bias == "lora_only" and layer.base.bias is not None:
+            params[prefix + "base.bias"] = layer.base.bias  # (out,)
+    if bias == "all":
+        params.update((n, p) for n, p in model.named_parameters()
+                      if n == "bias" or n.endswith(".bias"))
+    return params
 
 
-def load_lora_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Copy an adapter saved by ``lora_state_dict`` into ``model`` (strict).
+def lora_state_dict(model: nn.Module, bias: str = "none") -> dict[str, torch.Tensor]:
+    """Return only the adapter's tensors, keyed like ``model.state_dict()``.
+
+    Keys are ``"<module path>.lora_A"`` (shape ``(r, in)``) and ``"<module path>.lora_B"``
+    (shape ``(out, r)``), plus biases if you trained them (``bias="lora_only"`` or ``"all"``, as
+    in ``mark_only_lora_as_trainable``). Values are detached *copies*, so training on afterwards
+    does not change a saved adapter (handy for keeping several adapters in memory).
+    """
+    return {key: p.detach().clone() for key, p in _adapter_parameters(model, bias).items()}
+
+
+def load_lora_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                         bias: str = "none") -> None:
+    """Copy an adapter saved by ``lora_state_dict(model, bias)`` into ``model`` (strict).
 
     Missing keys, unexpected keys and wrong shapes raise a ``ValueError`` naming them, and the
     model is left unchanged. Loading into merged layers is refused (unmerge first), because their
     weights already contain the old update.
     """
-    layers = dict(_require_lora(model))
-    params = {}
-    for name, layer in layers.items():
-        prefix = f"{name}." if name else ""
-        params[prefix + "lora_A"] = layer.lora_A
-        params[prefix + "lora_B"] = layer.lora_B
+    params = _adapter_parameters(model, bias)
     missing = sorted(set(params) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(params))
     if missing or unexpected:
         raise ValueError(f"adapter keys do not match the model: missing {missing}, "
                          f"unexpected {unexpected}; was it saved from a model with the same "
-                         "target_modules?")
+                         f"target_modules and bias={bias!r}?")
     for key, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"state_dict[{key!r}] must be a Tensor, got {type(value).__name__}")
@@ -54,7 +68,7 @@ def load_lora_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor
             raise ValueError(f"shape mismatch for {key!r}: the adapter has "
                              f"{tuple(value.shape)}, the model expects "
                              f"{tuple(params[key].shape)} (a different r?)")
-    merged = [name for name, layer in layers.items() if layer.merged]
+    merged = [name for name, layer in _require_lora(model) if layer.merged]
     if merged:
         raise ValueError(f"cannot load an adapter into merged layers {merged}; "
                          "call unmerge_lora(model) first")

@@ -88,3 +88,21 @@ def test_checkpoint_bytes_tracks_tensor_sizes():
     assert full > 4 * sum(p.numel() for p in make_model().parameters())
     grown = checkpoint_bytes({"x": torch.zeros(1000)}) - checkpoint_bytes({"x": torch.zeros(10)})
     assert 3960 <= grown < 3960 + 64  # 990 more float32 values, storage aligned to 64 bytes
+
+
+def test_bias_modes_save_and_restore_trained_biases():
+    model = trained_adapter()  # LoRA on layers "0" and "2"; "4" is a plain Linear
+    keys = {mode: set(lora_state_dict(model, bias=mode)) for mode in ("none", "lora_only", "all")}
+    assert keys["lora_only"] - keys["none"] == {"0.base.bias", "2.base.bias"}
+    assert keys["all"] - keys["none"] == {"0.base.bias", "2.base.bias", "4.bias"}
+    with torch.no_grad():
+        model[0].base.bias.add_(1.0)  # as if trained with bias="lora_only"
+    x = torch.randn(4, 10)
+    y = model(x)
+    fresh = apply_lora(make_model(), ["0", "2"], r=2)
+    load_lora_state_dict(fresh, lora_state_dict(model, bias="lora_only"), bias="lora_only")
+    assert torch.equal(fresh(x), y)
+    with pytest.raises(ValueError, match=r"unexpected \['0.base.bias', '2.base.bias'\].*bias='none'"):
+        load_lora_state_dict(fresh, lora_state_dict(model, bias="lora_only"))
+    with pytest.raises(ValueError, match="bias must be one of"):
+        lora_state_dict(model, bias="lora")
