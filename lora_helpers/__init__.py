@@ -8,7 +8,8 @@ One concept per module:
 - ``params``: parameter counting, PEFT's ``print_trainable_parameters`` line, the paper's count.
 - ``rank``: SVD rank analysis (low-rank approximation, energy/stable/effective rank) and the
   paper's §7 measures (subspace similarity, amplification factor).
-- ``plotting``: weight-matrix heatmaps, the LoRA decomposition as a picture, spectra, φ grids.
+- ``plotting``: weight-matrix heatmaps, the LoRA decomposition as a picture, spectra, φ grids,
+  accuracy against trainable parameters.
 - ``models``: a tiny transformer classifier with separate ``q_proj``/``k_proj``/``v_proj``/``out_proj``.
 - ``data``: scikit-learn's bundled handwritten digits as tensors, and domain-shifted tasks.
 - ``training``: ``train``/``evaluate``, optimizer-state bytes, the pretrained digits classifier.
@@ -28,6 +29,7 @@ from .layers import LoRALinear
 from .models import MLP, MultiHeadSelfAttention, TinyTransformerClassifier, TransformerBlock
 from .params import count_parameters, lora_parameter_count, print_trainable_parameters
 from .plotting import (
+    plot_accuracy_vs_parameters,
     plot_heatmap,
     plot_lora_decomposition,
     plot_singular_values,

@@ -1,4 +1,5 @@
-"""Pictures of weight matrices and of the rank analysis in :mod:`lora_helpers.rank`.
+"""Pictures of weight matrices, of the rank analysis in :mod:`lora_helpers.rank`, and of
+fine-tuning results (accuracy against trainable parameters).
 
 Every function takes the same matrices as the rank functions (2-D torch tensors on any device,
 with or without grad, or numpy arrays) and returns a matplotlib ``Axes`` or ``Figure``; none calls
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -25,7 +26,7 @@ from matplotlib.figure import Figure
 from .rank import Matrix, _as_matrix, _check_int, _check_threshold, _energy_rank
 
 __all__ = ["plot_heatmap", "plot_lora_decomposition", "plot_singular_values",
-           "plot_subspace_similarity"]
+           "plot_subspace_similarity", "plot_accuracy_vs_parameters"]
 
 DIVERGING = "RdBu_r"
 
@@ -218,4 +219,72 @@ def plot_subspace_similarity(grid: Matrix, ax: Axes | None = None, title: str | 
     ax.set_xlabel("j (top-j directions of A₂)")
     ax.set_ylabel("i (top-i directions of A₁)")
     ax.set_title(title or f"Subspace similarity φ(i, j), {t.shape[0]}×{t.shape[1]}")
+    return ax
+
+
+def _check_result(i: int, result: object) -> tuple[str, int, float, str | None]:
+    """Validate ``results[i]``; return ``(label, trainable, accuracy, group)``."""
+    if not isinstance(result, Mapping):
+        raise TypeError(f"results[{i}] must be a dict with 'label', 'trainable' and 'accuracy', "
+                        f"got {type(result).__name__}")
+    missing = [k for k in ("label", "trainable", "accuracy") if k not in result]
+    if missing:
+        raise ValueError(f"results[{i}] lacks {missing}; each result needs 'label' (str), "
+                         "'trainable' (int >= 1) and 'accuracy' (in [0, 1])")
+    label, trainable, accuracy = result["label"], result["trainable"], result["accuracy"]
+    group = result.get("group")
+    if not isinstance(label, str) or (group is not None and not isinstance(group, str)):
+        raise TypeError(f"results[{i}]: 'label' and 'group' must be strings, got "
+                        f"{label!r} and {group!r}")
+    if isinstance(trainable, bool) or not isinstance(trainable, numbers.Integral):
+        raise TypeError(f"results[{i}]['trainable'] must be an int (a parameter count), "
+                        f"got {trainable!r}")
+    if trainable < 1:
+        raise ValueError(f"results[{i}]['trainable'] must be >= 1 for a log axis, got {trainable}")
+    if isinstance(accuracy, bool) or not isinstance(accuracy, numbers.Real):
+        raise TypeError(f"results[{i}]['accuracy'] must be a number in [0, 1], got {accuracy!r}")
+    if not 0.0 <= accuracy <= 1.0:  # also rejects NaN
+        raise ValueError(f"results[{i}]['accuracy'] must be in [0, 1] (a fraction, not a "
+                         f"percentage), got {accuracy!r}")
+    return label, int(trainable), float(accuracy), group
+
+
+def plot_accuracy_vs_parameters(results: Sequence[Mapping[str, object]], ax: Axes | None = None,
+                                title: str | None = None) -> Axes:
+    """Test accuracy against the number of trainable parameters (log x), one labelled point each.
+
+    Args:
+        results: one mapping per trained model, with ``"label"`` (str, written next to the
+            point), ``"trainable"`` (int >= 1, the x value), ``"accuracy"`` (in [0, 1], the y
+            value) and optionally ``"group"`` (str). Points of one group share a colour and a
+            legend entry and are joined by a line in order of ``trainable`` (e.g. a rank sweep);
+            points without a group are drawn one colour each, named by their label.
+        ax: axes to draw into; a new figure if None.
+        title: the axes title (default "Accuracy against trainable parameters").
+    Returns:
+        the axes (x axis logarithmic).
+    """
+    if isinstance(results, (str, bytes, Mapping)) or not isinstance(results, Sequence):
+        raise TypeError(f"results must be a list of dicts, got {type(results).__name__}; e.g. "
+                        "[{'label': 'full', 'trainable': 102090, 'accuracy': 0.93}]")
+    if not results:
+        raise ValueError("results is empty; pass at least one {'label', 'trainable', 'accuracy'}")
+    checked = [_check_result(i, r) for i, r in enumerate(results)]
+    series: dict[str, list[tuple[int, float]]] = {}  # legend name -> points, in first-seen order
+    for label, trainable, accuracy, group in checked:
+        series.setdefault(group if group is not None else label, []).append((trainable, accuracy))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 4.2), layout="constrained")
+    for (name, points), color in zip(series.items(), sns.color_palette(n_colors=len(series))):
+        xs, ys = zip(*sorted(points))
+        ax.plot(xs, ys, "o-" if len(xs) > 1 else "o", color=color, label=name)
+    for label, trainable, accuracy, _ in checked:
+        ax.annotate(label, (trainable, accuracy), xytext=(4, 4), textcoords="offset points",
+                    fontsize="small")
+    ax.set_xscale("log")
+    ax.margins(x=0.15, y=0.08)  # room for the labels of the outermost points
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title or "Accuracy against trainable parameters")
+    ax.legend(fontsize="small", loc="lower right")
     return ax

@@ -259,3 +259,56 @@ def test_subspace_similarity_bad_input(grid, error, match):
 def test_heatmap_bad_input(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# ---------------------------------------------------------------- plot_accuracy_vs_parameters
+
+from lora_helpers import plot_accuracy_vs_parameters  # noqa: E402
+
+RESULTS = [
+    {"label": "full", "trainable": 400_778, "accuracy": 0.90},
+    {"label": "head only", "trainable": 1_290, "accuracy": 0.70},
+    {"label": "r=16", "trainable": 17_674, "accuracy": 0.88, "group": "LoRA q,v"},
+    {"label": "r=1", "trainable": 2_314, "accuracy": 0.75, "group": "LoRA q,v"},
+    {"label": "r=4", "trainable": 5_386, "accuracy": 0.85, "group": "LoRA q,v"},
+]
+
+
+def test_accuracy_plot_has_log_x_labelled_points_and_joined_groups():
+    ax = plot_accuracy_vs_parameters(RESULTS, title="rotated digits")
+    assert isinstance(ax, Axes) and ax.get_xscale() == "log"
+    assert ax.get_title() == "rotated digits" and "trainable parameters" in ax.get_xlabel()
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines) == ["full", "head only", "LoRA q,v"]  # one series per group, in order
+    assert lines["full"].get_xdata().tolist() == [400_778]
+    assert lines["full"].get_linestyle() == "None"  # a single point is not joined
+    sweep = lines["LoRA q,v"]  # joined in order of trainable parameters
+    assert sweep.get_xdata().tolist() == [2_314, 5_386, 17_674]
+    assert sweep.get_ydata().tolist() == [0.75, 0.85, 0.88] and sweep.get_linestyle() == "-"
+    notes = {t.get_text(): t.xy for t in ax.texts}
+    assert notes == {r["label"]: (r["trainable"], r["accuracy"]) for r in RESULTS}
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["full", "head only", "LoRA q,v"]
+    assert ax.get_xlim()[0] < 1_290 and ax.get_xlim()[1] > 400_778  # every point is visible
+
+
+def test_accuracy_plot_draws_into_a_given_axes_with_a_default_title():
+    fig, axes = plt.subplots(1, 2)
+    assert plot_accuracy_vs_parameters(RESULTS[:1], ax=axes[1]) is axes[1]
+    assert axes[1].get_title() == "Accuracy against trainable parameters"
+    assert axes[0].get_lines() == [] and len(fig.axes) == 2
+
+
+@pytest.mark.parametrize("results,error,match", [
+    ({"label": "a", "trainable": 1, "accuracy": 0.5}, TypeError, "must be a list of dicts"),
+    ([], ValueError, "results is empty"),
+    ([("a", 1, 0.5)], TypeError, r"results\[0\] must be a dict"),
+    ([{"label": "a", "trainable": 1}], ValueError, r"results\[0\] lacks \['accuracy'\]"),
+    ([{"label": "a", "trainable": 0, "accuracy": 0.5}], ValueError, "must be >= 1 for a log"),
+    ([{"label": "a", "trainable": 1.5, "accuracy": 0.5}], TypeError, "must be an int"),
+    ([{"label": "a", "trainable": 1, "accuracy": 93.0}], ValueError, "not a percentage"),
+    ([{"label": "a", "trainable": 1, "accuracy": float("nan")}], ValueError, r"in \[0, 1\]"),
+    ([{"label": 3, "trainable": 1, "accuracy": 0.5}], TypeError, "must be strings"),
+])
+def test_accuracy_plot_bad_input(results, error, match):
+    with pytest.raises(error, match=match):
+        plot_accuracy_vs_parameters(results)
