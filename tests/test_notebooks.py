@@ -51,8 +51,8 @@ def output_text(cell):
     return "\n".join(parts)
 
 
-def test_only_the_planned_notebooks_exist_in_order():
-    assert [p.name for p in NOTEBOOKS] == [n for n in EXPECTED if (NOTEBOOK_DIR / n).exists()]
+def test_exactly_the_planned_notebooks_exist():
+    assert [p.name for p in NOTEBOOKS] == EXPECTED
 
 
 def test_total_size_within_budget():
