@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--d", type=int, default=2048)
     parser.add_argument("--r", type=int, default=8)
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--sweep", type=int, nargs="*", default=[1, 4, 16, 64, 256])
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, d={args.d}, "
