@@ -5,8 +5,12 @@
 
 (a) training step: unmerged LoRALinear forward+backward vs its frozen base nn.Linear
     forward+backward (the input requires grad in both, so both run the backward matmul for dL/dx);
+    beside it, the same layer with autograd's backward (LoRALinear.forward_autograd), to show
+    what the hand-written backward of LoRALinearFunction buys;
 (b) inference: merged LoRALinear forward vs the same nn.Linear's forward (paper §4.1: no added
-    latency).
+    latency);
+(c) layout: H = X A^T computed directly, as an (n, r) result, vs computed as (A X^T)^T, an
+    (r, n) result seen transposed, which LoRALinearFunction uses; the same numbers.
 
 The two sides are timed alternately inside one loop and the ratio of their medians is printed,
 so machine noise hits both alike. Ratios, not absolute times, are the result.
@@ -63,15 +67,20 @@ def train_step(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Callabl
     return step
 
 
-def functional_train_step(lora: LoRALinear, x: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
-    """The same LoRA math with no module around it: the floor for what (a) can reach."""
-    w, b, a, bb, s = lora.base.weight, lora.base.bias, lora.lora_A, lora.lora_B, lora.scaling
-
+def autograd_train_step(lora: LoRALinear, x: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
+    """The same layer and formula, with the backward pass autograd derives instead of the hand-written one."""
     def step() -> None:
-        a.grad = bb.grad = x.grad = None
-        base = nn.functional.linear(x, w, b)  # (batch, d)
-        torch.addmm(base, x @ a.T, bb.T, alpha=s).backward(grad)  # (batch, d)
+        for p in lora.parameters():
+            p.grad = None
+        x.grad = None
+        lora.forward_autograd(x).backward(grad)  # (batch, d) -> (batch, d)
     return step
+
+
+def layout_ratio(d: int, r: int, batch: int, repeats: int) -> float:
+    """Time for ``X @ A.T`` / time for ``(A @ X.T).T``: two layouts of the same (n, r) product."""
+    x, a = torch.randn(batch, d), torch.randn(r, d)  # X: (n, d), A: (r, d)
+    return paired_median_ratio(lambda: x @ a.T, lambda: (a @ x.T).T, repeats)[2]  # (n, r) both
 
 
 def inference(layer: nn.Module, x: torch.Tensor) -> Callable[[], None]:
@@ -94,18 +103,22 @@ def main() -> None:
 
     x = torch.randn(args.batch, args.d, requires_grad=True)
     grad = torch.randn(args.batch, args.d)
-    print(f"{'r':>5} {'(a) train LoRA/Linear':>22} {'floor: bare math/Linear':>24} "
+    print(f"{'r':>5} {'(a) train LoRA/Linear':>22} {'with autograd backward':>23} "
           f"{'(b) merged fwd/Linear':>22}")
     for r in [args.r] + [r for r in args.sweep if r != args.r]:
         lora, plain = make_pair(args.d, r)
         _, _, ratio_a = paired_median_ratio(train_step(lora, x, grad), train_step(plain, x, grad),
                                             args.repeats)
-        _, _, floor = paired_median_ratio(functional_train_step(lora, x, grad),
-                                          train_step(plain, x, grad), args.repeats)
+        _, _, ratio_autograd = paired_median_ratio(autograd_train_step(lora, x, grad),
+                                                   train_step(plain, x, grad), args.repeats)
         lora.merge()
         _, _, ratio_b = paired_median_ratio(inference(lora, x), inference(plain, x), args.repeats)
         target = "   targets: (a) <= 1.08, (b) <= 1.02" if r == args.r else ""
-        print(f"{r:>5} {ratio_a:>22.3f} {floor:>24.3f} {ratio_b:>22.3f}{target}", flush=True)
+        print(f"{r:>5} {ratio_a:>22.3f} {ratio_autograd:>23.3f} {ratio_b:>22.3f}{target}", flush=True)
+
+    print("\n(c) H = X A^T: time computed directly / time computed as (A X^T)^T")
+    for r in [args.r] + [r for r in args.sweep if r != args.r]:
+        print(f"{r:>5} {layout_ratio(args.d, r, args.batch, 4 * args.repeats):22.2f}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import warnings
 import torch
 from torch import nn
 
-__all__ = ["LoRALinear"]
+__all__ = ["LoRALinear", "LoRALinearFunction"]
 
 
 def _check_positive_int(value: object, name: str) -> int:
@@ -30,6 +30,75 @@ def _check_positive_int(value: object, name: str) -> int:
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}; pass e.g. {name}=8")
     return int(value)
+
+
+class LoRALinearFunction(torch.autograd.Function):
+    """``Y = X W0^T + b + s · (X_d A^T) B^T``, with its backward pass written out by hand.
+
+    Inputs: ``X: (n, in)``; ``X_d``, the input after LoRA dropout, or ``None`` for no dropout
+    (then ``X_d = X``); ``W0: (out, in)``; ``b: (out,)`` or ``None``; ``A: (r, in)``;
+    ``B: (out, r)``; ``s``, the scaling. With ``G = dL/dY: (n, out)`` and ``H = X_d A^T: (n, r)``::
+
+        dL/dB  = s · G^T H            (out, r)
+        dL/dA  = s · (G B)^T X_d      (r, in)
+        dL/dX  = G W0 + s · (G B) A   (n, in)   (the LoRA term goes to X_d when there is dropout)
+        dL/dW0 = G^T X,  dL/db = G summed over its rows   (only when the base is trainable)
+
+    With ``G_W = G^T X`` the first two are notebook 02's ``s · G_W A^T`` and ``s · B^T G_W``,
+    evaluated without forming the ``(out, in)`` matrix ``G_W``.
+
+    Autograd, given the same formula as ordinary ops (``LoRALinear.forward_autograd``), gets the
+    same numbers more slowly on a CPU, where the rank-r products are limited by memory traffic,
+    not arithmetic. Two differences make this version faster:
+
+    - the LoRA terms are added in place into ``X W0^T + b`` and into ``G W0``, instead of into new
+      ``(n, features)`` tensors that are then added: two passes over memory fewer per step;
+    - ``H`` is computed as ``(A X_d^T)^T``: the same numbers, in a layout that the CPU's BLAS
+      computes faster for small r.
+
+    ``benchmarks/bench_lora_linear.py`` measures both.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, x_dropped: torch.Tensor | None, weight: torch.Tensor,
+                bias: torch.Tensor | None, lora_A: torch.Tensor, lora_B: torch.Tensor,
+                scaling: float) -> torch.Tensor:
+        x_d = x if x_dropped is None else x_dropped  # (n, in)
+        h = (lora_A @ x_d.T).T  # H = X_d A^T as ((r, in) @ (in, n))^T -> (n, r)
+        out = nn.functional.linear(x, weight, bias)  # (n, out)
+        # out += s · H @ B^T, in place. Written as addmm(out=...) rather than out.addmm_(...) so
+        # that torch.utils.flop_counter.FlopCounterMode counts it (it has no rule for addmm_).
+        torch.addmm(out, h, lora_B.T, alpha=scaling, out=out)  # (n, out) += (n, r) @ (r, out)
+        ctx.save_for_backward(x, x_dropped, weight, h, lora_A, lora_B)
+        ctx.scaling = scaling
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, x_dropped, weight, h, lora_A, lora_B = ctx.saved_tensors
+        need_x, need_xd, need_w, need_b, need_a, need_bb, _ = ctx.needs_input_grad
+        s = ctx.scaling
+        x_d = x if x_dropped is None else x_dropped  # (n, in)
+        grad_x = grad_xd = grad_w = grad_b = grad_a = grad_bb = None
+        if need_a or need_xd or (need_x and x_dropped is None):
+            gb = (grad @ lora_B).mul_(s)  # s · G B: (n, out) @ (out, r) -> (n, r)
+            if need_a:
+                grad_a = gb.T @ x_d  # (r, n) @ (n, in) -> (r, in)
+            if need_xd:
+                grad_xd = gb @ lora_A  # (n, r) @ (r, in) -> (n, in)
+        if need_x:
+            grad_x = grad @ weight  # (n, out) @ (out, in) -> (n, in)
+            if x_dropped is None:
+                torch.addmm(grad_x, gb, lora_A, out=grad_x)  # (n, in) += (n, r) @ (r, in)
+        if need_bb:
+            grad_bb = (grad.T @ h).mul_(s)  # (out, n) @ (n, r) -> (out, r)
+        if need_w:
+            grad_w = grad.T @ x  # (out, n) @ (n, in) -> (out, in)
+        if need_b and ctx.has_bias:
+            grad_b = grad.sum(0)  # (out,)
+        return grad_x, grad_xd, grad_w, grad_b, grad_a, grad_bb, None
 
 
 class LoRALinear(nn.Module):
@@ -128,17 +197,41 @@ class LoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``base(x) + scaling · (dropout(x) @ A^T) @ B^T``; never forms ``B @ A``.
 
+        Unmerged, this runs ``LoRALinearFunction``: the same formula with a hand-written backward
+        pass, which is faster than autograd's (``benchmarks/bench_lora_linear.py``). If ``base``
+        has forward hooks or a subclass ``forward``, the plain-autograd ``forward_autograd`` runs
+        instead, so that they are honoured. Merged or disabled, the output is just ``base(x)``.
+
         Args:
             x: ``(..., in_features)``.
         Returns:
             ``(..., out_features)``.
         """
-        if x.shape[-1:] != (self.in_features,):
-            raise ValueError(f"expected input of shape (..., {self.in_features}), "
-                             f"got {tuple(x.shape)}")
-        if x.dtype != self.lora_A.dtype:
-            raise TypeError(f"input dtype {x.dtype} differs from the layer's "
-                            f"{self.lora_A.dtype}; cast with x.to({self.lora_A.dtype})")
+        base = self.base
+        hooked = bool(base._forward_hooks or base._forward_pre_hooks)
+        if self.merged or self.disabled or hooked or type(base).forward is not nn.Linear.forward:
+            return self.forward_autograd(x)
+        self._check_input(x)
+        # 2-D inputs go in as they are: a reshape would be a view, and a leaf input would have to
+        # copy its gradient, a measurable cost in the benchmark.
+        x2d = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # (n, in)
+        dropped = self.lora_dropout(x2d)  # (n, in); the same tensor object when there is no dropout
+        out = LoRALinearFunction.apply(  # (n, out)
+            x2d, None if dropped is x2d else dropped, base.weight, base.bias,
+            self.lora_A, self.lora_B, self.scaling)
+        return out if x.dim() == 2 else out.view(*x.shape[:-1], self.out_features)  # (..., out)
+
+    def forward_autograd(self, x: torch.Tensor) -> torch.Tensor:
+        """The same output as ``forward``, from ordinary ops whose backward autograd derives.
+
+        It is the reference that the hand-written backward is tested against.
+
+        Args:
+            x: ``(..., in_features)``.
+        Returns:
+            ``(..., out_features)``.
+        """
+        self._check_input(x)
         result = self.base(x)  # (..., out)
         if self.merged or self.disabled:
             return result
@@ -147,6 +240,14 @@ class LoRALinear(nn.Module):
         out = torch.addmm(result.reshape(-1, self.out_features), h.reshape(-1, self.r),
                           self.lora_B.T, alpha=self.scaling)  # (n, out)
         return out.view(result.shape)  # (..., out)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.shape[-1:] != (self.in_features,):
+            raise ValueError(f"expected input of shape (..., {self.in_features}), "
+                             f"got {tuple(x.shape)}")
+        if x.dtype != self.lora_A.dtype:
+            raise TypeError(f"input dtype {x.dtype} differs from the layer's "
+                            f"{self.lora_A.dtype}; cast with x.to({self.lora_A.dtype})")
 
     @torch.no_grad()
     def merge(self) -> None:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lora_helpers import LoRALinear
+from lora_helpers.layers import LoRALinearFunction
 
 
 def make_layer(in_f=16, out_f=12, **kwargs):
@@ -116,6 +117,7 @@ def test_merged_unmerged_outputs_agree(in_f, out_f, data, batch, alpha, rslora):
     layer.merge()
     assert layer.merged
     assert torch.allclose(layer(x), y, atol=1e-5)
+    assert torch.allclose(layer.forward_autograd(x), y, atol=1e-5)  # the reference path too
     assert torch.allclose(layer.base.weight, w0 + layer.delta_weight(), atol=1e-6)
     layer.unmerge()
     assert not layer.merged
@@ -211,12 +213,13 @@ def test_bad_base():
         LoRALinear(make_layer(r=2))
 
 
-def test_bad_inputs_to_forward():
+@pytest.mark.parametrize("forward", ["__call__", "forward_autograd"])
+def test_bad_inputs_to_forward(forward):
     layer = make_layer(r=4)
     with pytest.raises(ValueError, match=r"expected input of shape \(\.\.\., 16\), got \(3, 15\)"):
-        layer(torch.randn(3, 15))
+        getattr(layer, forward)(torch.randn(3, 15))
     with pytest.raises(TypeError, match="input dtype torch.float64"):
-        layer(torch.randn(3, 16, dtype=torch.float64))
+        getattr(layer, forward)(torch.randn(3, 16, dtype=torch.float64))
 
 
 def test_no_warnings_in_normal_use():
@@ -226,3 +229,106 @@ def test_no_warnings_in_normal_use():
         layer(torch.randn(2, 16)).sum().backward()
         layer.merge()
         layer.unmerge()
+
+
+# --- The hand-written backward (LoRALinearFunction) against autograd's ---------------------------
+
+def _function_inputs(n=5, in_f=6, out_f=4, r=2, bias=True, dropped=True):
+    """float64 leaves for LoRALinearFunction, every one of them requiring grad."""
+    torch.manual_seed(0)
+    make = lambda *shape: torch.randn(*shape, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    return (make(n, in_f), make(n, in_f) if dropped else None, make(out_f, in_f),
+            make(out_f) if bias else None, make(r, in_f), make(out_f, r), 1.7)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dropped", [True, False])
+def test_function_gradients_pass_gradcheck(bias, dropped):
+    # Finite differences against every gradient formula, including the trainable-base ones.
+    inputs = _function_inputs(bias=bias, dropped=dropped)
+    assert torch.autograd.gradcheck(LoRALinearFunction.apply, inputs)
+
+
+def test_function_computes_only_the_gradients_asked_for():
+    x, xd, w, b, a, bb, s = _function_inputs()
+    x.requires_grad_(False)
+    w.requires_grad_(False)
+    LoRALinearFunction.apply(x, xd, w, b, a, bb, s).sum().backward()
+    assert x.grad is None and w.grad is None
+    assert all(t.grad is not None for t in (xd, b, a, bb))
+
+
+def _all_grads(layer, x):
+    tensors = (x, layer.lora_A, layer.lora_B, layer.base.weight, layer.base.bias)
+    return [None if t is None or t.grad is None else t.grad.clone() for t in tensors]
+
+
+@settings(deadline=None, max_examples=30)
+@given(in_f=st.integers(1, 12), out_f=st.integers(1, 12), data=st.data(),
+       batch=st.lists(st.integers(1, 3), min_size=0, max_size=3),
+       dropout=st.sampled_from([0.0, 0.3]), train_base=st.booleans(), bias=st.booleans(),
+       x_grad=st.booleans(), seed=st.integers(0, 2**16))
+def test_forward_and_gradients_equal_autograd_reference(in_f, out_f, data, batch, dropout,
+                                                        train_base, bias, x_grad, seed):
+    # forward (hand-written backward) and forward_autograd (autograd's backward) must agree on the
+    # output and on every gradient: any leading dims, dropout, trainable base, no bias, leaf input.
+    r = data.draw(st.integers(1, min(in_f, out_f)))
+    torch.manual_seed(seed)
+    layer = LoRALinear(nn.Linear(in_f, out_f, bias=bias), r=r, lora_alpha=3, lora_dropout=dropout,
+                       init_lora_weights=False)
+    layer.base.requires_grad_(train_base)
+    x0 = torch.randn(*batch, in_f)
+    weights = torch.randn(*batch, out_f)
+    results = []
+    for forward in (layer.forward, layer.forward_autograd):
+        x = x0.clone().requires_grad_(x_grad)
+        layer.zero_grad(set_to_none=True)
+        torch.manual_seed(seed)  # the same dropout mask for both
+        y = forward(x)
+        (y * weights).sum().backward()
+        results.append((y.detach(), _all_grads(layer, x)))
+    (y1, g1), (y2, g2) = results
+    assert y1.shape == y2.shape == (*batch, out_f)
+    assert torch.allclose(y1, y2, atol=1e-5)
+    for a, b in zip(g1, g2):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+
+
+def test_forward_hooks_and_subclassed_bases_are_honoured():
+    layer = make_layer(r=4, init_lora_weights=False)
+    x = torch.randn(3, 16)
+    expected = layer(x)
+    calls = []
+    handle = layer.base.register_forward_hook(lambda module, args, out: calls.append(out.shape))
+    assert torch.allclose(layer(x), expected, atol=1e-6) and calls == [(3, 12)]
+    handle.remove()
+
+    class DoubledLinear(nn.Linear):  # a subclass with its own forward must not be bypassed
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    torch.manual_seed(0)
+    doubled = LoRALinear(DoubledLinear(16, 12), r=4, init_lora_weights=False)
+    delta = x @ doubled.delta_weight().T
+    assert torch.allclose(doubled(x), 2 * nn.functional.linear(x, doubled.base.weight, doubled.base.bias)
+                          + delta, atol=1e-5)
+
+
+def test_flop_counter_sees_every_product():
+    # FlopCounterMode must count the in-place LoRA products too (it has no rule for addmm_), so
+    # FLOP counts of LoRALinear are the textbook ones: forward 2n(dk + r(d+k)), backward with a
+    # frozen base 2n(dk + 2r(d+k)), the same as for the autograd reference.
+    from torch.utils.flop_counter import FlopCounterMode
+    n, k, d, r = 6, 16, 12, 4
+    layer = make_layer(in_f=k, out_f=d, r=r, init_lora_weights=False)
+    x = torch.randn(n, k, requires_grad=True)
+    counts = []
+    for forward in (layer.forward, layer.forward_autograd):
+        with FlopCounterMode(display=False) as forward_only:
+            y = forward(x)
+        with FlopCounterMode(display=False) as backward_only:
+            y.sum().backward()
+        counts.append((forward_only.get_total_flops(), backward_only.get_total_flops()))
+    assert counts[0] == counts[1] == (2 * n * (d * k + r * (d + k)), 2 * n * (d * k + 2 * r * (d + k)))
