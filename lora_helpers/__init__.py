@@ -2,7 +2,8 @@
 
 One concept per module:
 
-- ``layers``: ``LoRALinear``, the LoRA layer.
+- ``layers``: ``LoRALinear``, the LoRA layer, and ``LoRALinearFunction``, its forward and
+  hand-written backward pass.
 - ``inject``: ``apply_lora`` and friends: put LoRA into a model by name, freeze, merge, unload.
 - ``state``: adapter-only checkpoints.
 - ``params``: parameter counting, PEFT's ``print_trainable_parameters`` line, the paper's count.
@@ -25,7 +26,7 @@ from .inject import (
     unmerge_lora,
 )
 from .data import TASKS, DigitsSplit, load_digits_split, make_task
-from .layers import LoRALinear
+from .layers import LoRALinear, LoRALinearFunction
 from .models import MLP, MultiHeadSelfAttention, TinyTransformerClassifier, TransformerBlock
 from .params import count_parameters, lora_parameter_count, print_trainable_parameters
 from .plotting import (
