@@ -30,7 +30,7 @@ from lora_helpers import LoRALinear
 
 
 def paired_median_ratio(fn_a: Callable[[], None], fn_b: Callable[[], None], repeats: int,
-                        warmup: int = 5) -> tuple[float, float, float]:
+                        warmup: int = 20) -> tuple[float, float, float]:
     """Time ``fn_a`` and ``fn_b`` alternately; return (median_a s, median_b s, median_a / median_b)."""
     for _ in range(warmup):
         fn_a()
@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--d", type=int, default=2048)
     parser.add_argument("--r", type=int, default=8)
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--sweep", type=int, nargs="*", default=[1, 4, 16, 64, 256])
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, d={args.d}, "
