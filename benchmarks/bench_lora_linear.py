@@ -90,12 +90,19 @@ def inference(layer: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return forward
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--d", type=int, default=2048)
-    parser.add_argument("--r", type=int, default=8)
+def size_arguments(description: str) -> argparse.ArgumentParser:
+    """A parser with the options both benchmark scripts share: sizes and repeats."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--d", type=int, default=2048, help="in_features = out_features")
+    parser.add_argument("--r", type=int, default=8, help="the LoRA rank")
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=100, help="paired repeats per ratio")
+    return parser
+
+
+def main() -> None:
+    parser = size_arguments(__doc__)
     parser.add_argument("--sweep", type=int, nargs="*", default=[1, 4, 16, 64, 256])
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, d={args.d}, "

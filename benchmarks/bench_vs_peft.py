@@ -14,13 +14,12 @@ base layer's own step, alternating, and the ratio of medians is printed, as in
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
 from torch import nn
 
-from bench_lora_linear import make_pair, paired_median_ratio, train_step
+from bench_lora_linear import make_pair, paired_median_ratio, size_arguments, train_step
 
 try:
     import peft
@@ -38,12 +37,7 @@ def peft_layer(base: nn.Linear, r: int) -> nn.Module:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--d", type=int, default=2048)
-    parser.add_argument("--r", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=100)
-    args = parser.parse_args()
+    args = size_arguments(__doc__).parse_args()
     print(f"torch {torch.__version__}, peft {peft.__version__}, {torch.get_num_threads()} threads, "
           f"d={args.d}, r={args.r}, batch={args.batch}, {args.repeats} paired repeats (median)")
     x = torch.randn(args.batch, args.d, requires_grad=True)
