@@ -150,11 +150,22 @@ def plot_lora_decomposition(layer: object, *, max_size: int = 128) -> Figure:
     return fig
 
 
+def _machine_epsilon(w: torch.Tensor | np.ndarray) -> float:
+    """The machine epsilon of ``w``'s floating dtype (float64's for integer matrices)."""
+    if isinstance(w, torch.Tensor) and w.is_floating_point():
+        return torch.finfo(w.dtype).eps
+    if isinstance(w, np.ndarray) and w.dtype.kind == "f":
+        return float(np.finfo(w.dtype).eps)
+    return float(np.finfo(np.float64).eps)
+
+
 def plot_singular_values(matrices: Mapping[str, Matrix], ax: Axes | None = None, log: bool = True,
                          energy: bool = True, threshold: float = 0.9) -> Axes:
     """Singular values ``σ_i`` of several matrices (solid), on one axes.
 
-    On a log axis, numerical zeros (``σ_i <= 1e-12 σ_1``) are left out.
+    On a log axis, numerical zeros are left out: values ``σ_i <= max(rows, cols) · eps · σ_1``,
+    with ``eps`` the machine epsilon of the matrix's own dtype (numpy's ``matrix_rank`` rule), so
+    that the rounding noise of a float32 low-rank product is not drawn as a spectrum.
     With ``energy=True``, a twin y-axis on the right shows each cumulative energy
     ``Σ_{i<=k} σ_i² / Σ σ_i²`` (dashed), a dotted line at ``threshold`` and a dot at each energy
     rank (also in the legend). Returns the left (σ) axes; the twin is ``ax.figure.axes[-1]``.
@@ -166,6 +177,7 @@ def plot_singular_values(matrices: Mapping[str, Matrix], ax: Axes | None = None,
         raise ValueError("matrices is empty; pass at least one {name: matrix}")
     threshold = _check_threshold(threshold)
     checked = {name: _as_matrix(w, f"matrices[{name!r}]") for name, w in matrices.items()}
+    eps = {name: _machine_epsilon(w) for name, w in matrices.items()}
     spectra = {name: torch.linalg.svdvals(t) for name, t in checked.items()}  # each (k,)
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 4.5), layout="constrained")
@@ -174,7 +186,7 @@ def plot_singular_values(matrices: Mapping[str, Matrix], ax: Axes | None = None,
         i = np.arange(1, len(s) + 1)  # 1-based index
         sigma = s.numpy().copy()
         if log:  # leave out numerical zeros, which would stretch the log axis to 1e-30
-            sigma[sigma <= 1e-12 * sigma[0]] = np.nan
+            sigma[sigma <= max(checked[name].shape) * eps[name] * sigma[0]] = np.nan
         label = f"{name} ({checked[name].shape[0]}×{checked[name].shape[1]})"
         if twin is not None and s.sum() > 0:
             cumulative = (s ** 2).cumsum(0).numpy() / float((s ** 2).sum())  # (k,)

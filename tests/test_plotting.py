@@ -195,6 +195,17 @@ def test_log_scale_leaves_out_numerical_zeros():
     assert np.isfinite(sigma[0]) and np.isnan(sigma[1:]).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_log_scale_cutoff_follows_the_dtype(dtype):
+    # A rank-3 product in float32 has 61 "zero" singular values of rounding noise near 1e-7·σ_1
+    # (bfloat16: near 1e-2·σ_1); they are left out, whatever the dtype.
+    torch.manual_seed(0)
+    b, a = torch.randn(64, 3, dtype=dtype), torch.randn(3, 64, dtype=dtype)
+    sigma = plot_singular_values({"BA": b @ a}, energy=False).get_lines()[0].get_ydata()
+    assert np.isfinite(sigma[:3]).all() and np.isnan(sigma[3:]).all(), sigma[:6]
+    plt.close("all")
+
+
 def test_singular_values_without_energy_or_log():
     ax = plot_singular_values({"zero": torch.zeros(3, 3), "w": torch.eye(3)}, energy=False)
     assert len(ax.figure.axes) == 1
