@@ -20,16 +20,9 @@ import warnings
 import torch
 from torch import nn
 
+from ._checks import check_int
+
 __all__ = ["LoRALinear", "LoRALinearFunction"]
-
-
-def _check_positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive int, got {value!r} ({type(value).__name__}); "
-                        f"pass e.g. {name}=8")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}; pass e.g. {name}=8")
-    return int(value)
 
 
 class LoRALinearFunction(torch.autograd.Function):
@@ -135,7 +128,7 @@ class LoRALinear(nn.Module):
         if not isinstance(base, nn.Linear):
             raise TypeError(f"base must be an nn.Linear, got {type(base).__name__}; "
                             "LoRALinear wraps linear layers only")
-        r = _check_positive_int(r, "r")
+        r = check_int(r, "r")
         if r > min(base.in_features, base.out_features):
             raise ValueError(
                 f"r={r} exceeds min(in_features, out_features) = "

@@ -13,13 +13,9 @@ import math
 import torch
 from torch import nn
 
+from ._checks import check_int
+
 __all__ = ["MultiHeadSelfAttention", "MLP", "TransformerBlock", "TinyTransformerClassifier"]
-
-
-def _check_int(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -35,8 +31,8 @@ class MultiHeadSelfAttention(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
         super().__init__()
-        _check_int(d_model, "d_model")
-        _check_int(n_heads, "n_heads")
+        check_int(d_model, "d_model")
+        check_int(n_heads, "n_heads")
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}; "
                              "pick n_heads that divides d_model")
@@ -87,7 +83,7 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, mlp_ratio: int = 4, dropout: float = 0.0) -> None:
         super().__init__()
-        _check_int(mlp_ratio, "mlp_ratio")
+        check_int(mlp_ratio, "mlp_ratio")
         self.ln1 = nn.LayerNorm(d_model)
         self.attn = MultiHeadSelfAttention(d_model, n_heads, dropout)
         self.ln2 = nn.LayerNorm(d_model)
@@ -121,8 +117,9 @@ class TinyTransformerClassifier(nn.Module):
                  dropout: float = 0.0) -> None:
         super().__init__()
         for name, value in [("image_size", image_size), ("patch_size", patch_size),
-                            ("n_layers", n_layers), ("n_classes", n_classes)]:
-            _check_int(value, name)
+                            ("d_model", d_model), ("n_heads", n_heads), ("n_layers", n_layers),
+                            ("n_classes", n_classes), ("mlp_ratio", mlp_ratio)]:
+            check_int(value, name)
         if image_size % patch_size:
             raise ValueError(f"patch_size={patch_size} must divide image_size={image_size}")
         self.image_size, self.patch_size = image_size, patch_size

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterable
 
 from torch import nn
+
+from ._checks import check_int
 
 __all__ = ["count_parameters", "print_trainable_parameters", "lora_parameter_count"]
 
@@ -27,12 +28,6 @@ def print_trainable_parameters(model: nn.Module) -> None:
     print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {percent:.4f}")
 
 
-def _positive_int(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{what} must be a positive int, got {value!r}")
-    return int(value)
-
-
 def lora_parameter_count(shapes: Iterable[tuple[int, int]], r: int) -> int:
     """Number of LoRA parameters for weight matrices of the given ``(out, in)`` shapes.
 
@@ -41,7 +36,7 @@ def lora_parameter_count(shapes: Iterable[tuple[int, int]], r: int) -> int:
     paper's ``|Θ| = 2 · L̂ · d_model · r`` (§5.1). Example: GPT-3 175B, r=1 on Wq and Wv in 96
     layers of 12288×12288 → 4,718,592 ("4.7M", Table 4).
     """
-    r = _positive_int(r, "r")
+    r = check_int(r, "r")
     shapes = list(shapes)
     if not shapes:
         raise ValueError("shapes is empty; pass a list of (out_features, in_features) pairs")
@@ -49,8 +44,8 @@ def lora_parameter_count(shapes: Iterable[tuple[int, int]], r: int) -> int:
     for shape in shapes:
         if not isinstance(shape, (tuple, list)) or len(shape) != 2:
             raise ValueError(f"each shape must be an (out_features, in_features) pair, got {shape!r}")
-        out_f = _positive_int(shape[0], "out_features")
-        in_f = _positive_int(shape[1], "in_features")
+        out_f = check_int(shape[0], "out_features")
+        in_f = check_int(shape[1], "in_features")
         if r > min(out_f, in_f):
             raise ValueError(f"r={r} exceeds min{tuple(shape)} = {min(out_f, in_f)}; "
                              "a rank-r update needs r <= min(out_features, in_features)")

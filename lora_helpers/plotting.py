@@ -23,7 +23,8 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from .rank import Matrix, _as_matrix, _check_int, _check_threshold, _energy_rank
+from ._checks import check_int
+from .rank import Matrix, _as_matrix, _check_threshold, _energy_rank
 
 __all__ = ["plot_heatmap", "plot_lora_decomposition", "plot_singular_values",
            "plot_subspace_similarity", "plot_accuracy_vs_parameters"]
@@ -76,7 +77,7 @@ def plot_heatmap(w: Matrix, ax: Axes | None = None, title: str | None = None, *,
     them a shared colour scale. The title is ``"<title> (rows×cols)"``, plus a line saying when
     the matrix is shown as block means (more than ``max_size`` rows or columns).
     """
-    max_size = _check_int(max_size, "max_size", 1, 10**6, "cells per side to draw")
+    max_size = check_int(max_size, "max_size", 1, 10**6, "cells per side to draw")
     data, shape, note = _prepare(w, "w", max_size)
     if vmax is None:
         vmax = _limit(data)
@@ -107,7 +108,7 @@ def plot_lora_decomposition(layer: object, *, max_size: int = 128) -> Figure:
         raise TypeError(f"plot_lora_decomposition needs a LoRALinear, got {type(layer).__name__} "
                         f"(missing {missing or ['base.weight']}); wrap the layer with "
                         "LoRALinear(nn.Linear(...)) or apply_lora first")
-    max_size = _check_int(max_size, "max_size", 1, 10**6, "cells per side to draw")
+    max_size = check_int(max_size, "max_size", 1, 10**6, "cells per side to draw")
     with torch.no_grad():
         delta = _as_matrix(layer.delta_weight(), "delta_weight()")  # (out, in)
     w0 = _as_matrix(layer.base.weight, "base.weight")  # (out, in)
@@ -248,11 +249,8 @@ def _check_result(i: int, result: object) -> tuple[str, int, float, str | None]:
     if not isinstance(label, str) or (group is not None and not isinstance(group, str)):
         raise TypeError(f"results[{i}]: 'label' and 'group' must be strings, got "
                         f"{label!r} and {group!r}")
-    if isinstance(trainable, bool) or not isinstance(trainable, numbers.Integral):
-        raise TypeError(f"results[{i}]['trainable'] must be an int (a parameter count), "
-                        f"got {trainable!r}")
-    if trainable < 1:
-        raise ValueError(f"results[{i}]['trainable'] must be >= 1 for a log axis, got {trainable}")
+    trainable = check_int(trainable, f"results[{i}]['trainable']", 1,
+                          why="a parameter count, drawn on a log axis")
     if isinstance(accuracy, bool) or not isinstance(accuracy, numbers.Real):
         raise TypeError(f"results[{i}]['accuracy'] must be a number in [0, 1], got {accuracy!r}")
     if not 0.0 <= accuracy <= 1.0:  # also rejects NaN

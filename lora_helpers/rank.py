@@ -21,6 +21,8 @@ import numbers
 import numpy as np
 import torch
 
+from ._checks import check_int
+
 __all__ = [
     "singular_values", "top_singular_vectors", "low_rank_approximation", "reconstruction_error",
     "energy_rank", "stable_rank", "effective_rank", "subspace_similarity",
@@ -56,17 +58,9 @@ def _as_matrix(w: object, name: str = "w") -> torch.Tensor:
     return t
 
 
-def _check_int(value: object, name: str, low: int, high: int, why: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    if not low <= value <= high:
-        raise ValueError(f"{name}={value} is out of range: need {low} <= {name} <= {high} ({why})")
-    return int(value)
-
-
 def _check_rank(r: object, t: torch.Tensor, name: str = "r") -> int:
     m, n = t.shape
-    return _check_int(r, name, 1, min(m, n), f"a {m}x{n} matrix has min({m}, {n}) singular values")
+    return check_int(r, name, 1, min(m, n), f"a {m}x{n} matrix has min({m}, {n}) singular values")
 
 
 def _low_rank(t: torch.Tensor, r: int) -> torch.Tensor:
@@ -180,8 +174,8 @@ def subspace_similarity(a1: Matrix, a2: Matrix, i: int, j: int) -> float:
     0 when they are orthogonal. ``1 <= i <= min(r1, in_features)``, likewise j.
     """
     v1, v2 = _right_singular_bases(a1, a2)
-    i = _check_int(i, "i", 1, v1.shape[1], f"a1 {tuple(a1.shape)} has {v1.shape[1]} directions")
-    j = _check_int(j, "j", 1, v2.shape[1], f"a2 {tuple(a2.shape)} has {v2.shape[1]} directions")
+    i = check_int(i, "i", 1, v1.shape[1], f"a1 {tuple(a1.shape)} has {v1.shape[1]} directions")
+    j = check_int(j, "j", 1, v2.shape[1], f"a2 {tuple(a2.shape)} has {v2.shape[1]} directions")
     overlap = v1[:, :i].T @ v2[:, :j]  # (i, in) @ (in, j) -> (i, j): cosines between directions
     return min(float(overlap.pow(2).sum()) / min(i, j), 1.0)  # min() only trims rounding
 

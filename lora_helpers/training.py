@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ._checks import check_int
 from .data import DigitsSplit, load_digits_split
 from .models import TinyTransformerClassifier
 
@@ -58,10 +59,7 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, *, epo
         raise ValueError("pass both x_val and y_val, or neither")
     if x_val is not None:
         _check_data(x_val, y_val, "validation data")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    epochs, batch_size = check_int(epochs, "epochs"), check_int(batch_size, "batch_size")
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
     params = [p for p in model.parameters() if p.requires_grad]

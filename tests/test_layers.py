@@ -184,10 +184,10 @@ def test_half_precision_bases(dtype):
 
 
 @pytest.mark.parametrize("kwargs,exc,match", [
-    ({"r": 0}, ValueError, "r must be >= 1"),
-    ({"r": -2}, ValueError, "r must be >= 1"),
-    ({"r": 2.0}, TypeError, "r must be a positive int"),
-    ({"r": True}, TypeError, "r must be a positive int"),
+    ({"r": 0}, ValueError, "r=0 is out of range: need r >= 1"),
+    ({"r": -2}, ValueError, "r=-2 is out of range: need r >= 1"),
+    ({"r": 2.0}, TypeError, r"r must be an int, got 2.0 \(float\); pass a whole number, e.g. r=2"),
+    ({"r": True}, TypeError, "r must be an int, got True"),
     ({"r": 13}, ValueError, r"r=13 exceeds min\(in_features, out_features\)"),
     ({"lora_alpha": 0}, ValueError, "lora_alpha must be > 0"),
     ({"lora_alpha": -1.5}, ValueError, "lora_alpha must be > 0"),

@@ -87,14 +87,21 @@ def test_module_names_match_peft_targets():
 
 @pytest.mark.parametrize("make,match", [
     (lambda: MultiHeadSelfAttention(10, 3), "not divisible by n_heads=3"),
-    (lambda: MultiHeadSelfAttention(8, 0), "n_heads must be an int >= 1"),
+    (lambda: MultiHeadSelfAttention(8, 0), "n_heads=0 is out of range: need n_heads >= 1"),
     (lambda: TinyTransformerClassifier(patch_size=3), "patch_size=3 must divide image_size=8"),
-    (lambda: TinyTransformerClassifier(n_layers=0), "n_layers must be an int >= 1"),
-    (lambda: TransformerBlock(8, 2, mlp_ratio=0), "mlp_ratio must be an int >= 1"),
+    (lambda: TinyTransformerClassifier(n_layers=0), "n_layers=0 is out of range: need n_layers >= 1"),
+    (lambda: TransformerBlock(8, 2, mlp_ratio=0), "mlp_ratio=0 is out of range"),
 ])
 def test_bad_construction(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_non_integer_sizes_are_type_errors():
+    with pytest.raises(TypeError, match=r"d_model must be an int, got 64.5 \(float\)"):
+        TinyTransformerClassifier(d_model=64.5)
+    with pytest.raises(TypeError, match="n_heads must be an int, got '4'"):
+        MultiHeadSelfAttention(8, "4")
 
 
 def test_bad_input_shapes():

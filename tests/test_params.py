@@ -49,14 +49,14 @@ def test_count_matches_real_lora_layers(shapes, r):
     assert count_parameters(model)[0] == lora_parameter_count(shapes, r)
 
 
-@pytest.mark.parametrize("shapes,r,match", [
-    ([(8, 8)], 0, "r must be a positive int"),
-    ([(8, 8)], 2.5, "r must be a positive int"),
-    ([], 2, "shapes is empty"),
-    ([(8, 8, 8)], 2, r"pair, got \(8, 8, 8\)"),
-    ([(8, -1)], 2, "in_features must be a positive int, got -1"),
-    ([(8, 4)], 5, r"r=5 exceeds min\(8, 4\) = 4"),
+@pytest.mark.parametrize("shapes,r,error,match", [
+    ([(8, 8)], 0, ValueError, "r=0 is out of range: need r >= 1"),
+    ([(8, 8)], 2.5, TypeError, r"r must be an int, got 2.5 \(float\)"),
+    ([], 2, ValueError, "shapes is empty"),
+    ([(8, 8, 8)], 2, ValueError, r"pair, got \(8, 8, 8\)"),
+    ([(8, -1)], 2, ValueError, "in_features=-1 is out of range: need in_features >= 1"),
+    ([(8, 4)], 5, ValueError, r"r=5 exceeds min\(8, 4\) = 4"),
 ])
-def test_bad_input(shapes, r, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_input(shapes, r, error, match):
+    with pytest.raises(error, match=match):
         lora_parameter_count(shapes, r)

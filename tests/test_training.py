@@ -78,8 +78,10 @@ def test_bad_input(data):
     model = small_model()
     with pytest.raises(ValueError, match="as many images as labels"):
         train(model, x, y[:-1], epochs=1, lr=1e-3)
-    with pytest.raises(ValueError, match="epochs must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="epochs=0 is out of range: need epochs >= 1"):
         train(model, x, y, epochs=0, lr=1e-3)
+    with pytest.raises(TypeError, match="batch_size must be an int, got 32.5"):
+        train(model, x, y, epochs=1, lr=1e-3, batch_size=32.5)
     with pytest.raises(ValueError, match="lr must be > 0"):
         train(model, x, y, epochs=1, lr=0)
     with pytest.raises(ValueError, match="pass both x_val and y_val"):
