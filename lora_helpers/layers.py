@@ -50,6 +50,9 @@ class LoRALinearFunction(torch.autograd.Function):
       computes faster for small r.
 
     ``benchmarks/bench_lora_linear.py`` measures both.
+
+    The backward pass is not itself differentiable (``once_differentiable``): for gradients of
+    gradients (e.g. a gradient penalty), use ``LoRALinear.forward_autograd``.
     """
 
     @staticmethod

@@ -332,3 +332,14 @@ def test_flop_counter_sees_every_product():
             y.sum().backward()
         counts.append((forward_only.get_total_flops(), backward_only.get_total_flops()))
     assert counts[0] == counts[1] == (2 * n * (d * k + r * (d + k)), 2 * n * (d * k + 2 * r * (d + k)))
+
+
+def test_second_order_gradients_need_forward_autograd():
+    layer = make_layer(r=4, init_lora_weights=False)
+    x = torch.randn(5, 16, requires_grad=True)
+    (grad_x,) = torch.autograd.grad(layer(x).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):  # refused loudly, not wrong
+        grad_x.sum().backward()
+    (grad_x,) = torch.autograd.grad(layer.forward_autograd(x).pow(2).sum(), x, create_graph=True)
+    grad_x.sum().backward()  # the autograd version supports it
+    assert layer.lora_A.grad is not None and layer.lora_B.grad.abs().sum() > 0
