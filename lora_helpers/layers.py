@@ -51,28 +51,39 @@ class LoRALinearFunction(torch.autograd.Function):
 
     ``benchmarks/bench_lora_linear.py`` measures both.
 
-    The backward pass is not itself differentiable (``once_differentiable``): for gradients of
-    gradients (e.g. a gradient penalty), use ``LoRALinear.forward_autograd``.
+    ``apply`` returns ``(Y, H)``: ``H`` is handed out (as a non-differentiable output) only so
+    that the backward pass can reuse it; ``LoRALinear.forward`` keeps ``Y``.
+
+    Limits: the backward pass is not itself differentiable (``once_differentiable``), and
+    ``torch.func.vmap`` is refused (its in-place ``addmm`` has no batching rule);
+    ``torch.func.grad`` works. For gradients of gradients (e.g. a gradient penalty) or ``vmap``
+    (e.g. per-sample gradients), use ``LoRALinear.forward_autograd``.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, x_dropped: torch.Tensor | None, weight: torch.Tensor,
+    def forward(x: torch.Tensor, x_dropped: torch.Tensor | None, weight: torch.Tensor,
                 bias: torch.Tensor | None, lora_A: torch.Tensor, lora_B: torch.Tensor,
-                scaling: float) -> torch.Tensor:
+                scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
         x_d = x if x_dropped is None else x_dropped  # (n, in)
         h = (lora_A @ x_d.T).T  # H = X_d A^T as ((r, in) @ (in, n))^T -> (n, r)
         out = nn.functional.linear(x, weight, bias)  # (n, out)
         # out += s · H @ B^T, in place. Written as addmm(out=...) rather than out.addmm_(...) so
         # that torch.utils.flop_counter.FlopCounterMode counts it (it has no rule for addmm_).
         torch.addmm(out, h, lora_B.T, alpha=scaling, out=out)  # (n, out) += (n, r) @ (r, out)
+        return out, h
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: tuple[torch.Tensor, torch.Tensor]) -> None:
+        x, x_dropped, weight, bias, lora_A, lora_B, scaling = inputs
+        _, h = output
+        ctx.mark_non_differentiable(h)
         ctx.save_for_backward(x, x_dropped, weight, h, lora_A, lora_B)
         ctx.scaling = scaling
         ctx.has_bias = bias is not None
-        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx, grad: torch.Tensor, _grad_h: None) -> tuple[torch.Tensor | None, ...]:
         x, x_dropped, weight, h, lora_A, lora_B = ctx.saved_tensors
         need_x, need_xd, need_w, need_b, need_a, need_bb, _ = ctx.needs_input_grad
         s = ctx.scaling
@@ -212,7 +223,7 @@ class LoRALinear(nn.Module):
         # copy its gradient, a measurable cost in the benchmark.
         x2d = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # (n, in)
         dropped = self.lora_dropout(x2d)  # (n, in); the same tensor object when there is no dropout
-        out = LoRALinearFunction.apply(  # (n, out)
+        out, _ = LoRALinearFunction.apply(  # (n, out), and H: (n, r)
             x2d, None if dropped is x2d else dropped, base.weight, base.bias,
             self.lora_A, self.lora_B, self.scaling)
         return out if x.dim() == 2 else out.view(*x.shape[:-1], self.out_features)  # (..., out)

@@ -253,7 +253,9 @@ def test_function_computes_only_the_gradients_asked_for():
     x, xd, w, b, a, bb, s = _function_inputs()
     x.requires_grad_(False)
     w.requires_grad_(False)
-    LoRALinearFunction.apply(x, xd, w, b, a, bb, s).sum().backward()
+    y, h = LoRALinearFunction.apply(x, xd, w, b, a, bb, s)
+    assert not h.requires_grad  # H is handed out for the backward pass only
+    y.sum().backward()
     assert x.grad is None and w.grad is None
     assert all(t.grad is not None for t in (xd, b, a, bb))
 
@@ -343,3 +345,37 @@ def test_second_order_gradients_need_forward_autograd():
     (grad_x,) = torch.autograd.grad(layer.forward_autograd(x).pow(2).sum(), x, create_graph=True)
     grad_x.sum().backward()  # the autograd version supports it
     assert layer.lora_A.grad is not None and layer.lora_B.grad.abs().sum() > 0
+
+
+def test_torch_func_grad_works_and_vmap_needs_forward_autograd():
+    # torch.func.grad (functional gradients, as in JAX) goes through the hand-written backward;
+    # vmap is not supported and says so; forward_autograd works there.
+    layer = make_layer(r=4, init_lora_weights=False)
+    params = {k: v.detach() for k, v in layer.named_parameters() if v.requires_grad}
+    x = torch.randn(6, 16)
+
+    def loss(p, inputs, module=layer):
+        return torch.func.functional_call(module, p, (inputs,)).tanh().pow(2).sum()
+
+    grads = torch.func.grad(loss)(params, x)
+    layer(x).tanh().pow(2).sum().backward()
+    assert grads.keys() == {"lora_A", "lora_B"}
+    assert all(torch.allclose(grads[k], getattr(layer, k).grad, atol=1e-6) for k in grads)
+
+    per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))
+    with pytest.raises(RuntimeError, match="does not have vmap support"):
+        per_sample(params, x[:, None])
+
+    class ViaAutograd(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, inputs):
+            return self.inner.forward_autograd(inputs)
+
+    wrapped = ViaAutograd(layer)
+    grads_each = torch.func.vmap(torch.func.grad(lambda p, xi: loss(p, xi, wrapped)), in_dims=(None, 0))(
+        {f"inner.{k}": v for k, v in params.items()}, x[:, None])
+    assert grads_each["inner.lora_A"].shape == (6, 4, 16)
+    assert torch.allclose(grads_each["inner.lora_A"].sum(0), grads["lora_A"], atol=1e-5)
