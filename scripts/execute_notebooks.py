@@ -27,6 +27,23 @@ from conftest import NOTEBOOK_ENV  # noqa: E402  (the one place these settings l
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 
 
+def _coalesce_streams(outputs: list) -> list:
+    """Merge consecutive stdout (or stderr) outputs into one.
+
+    How the kernel splits a cell's printing into messages depends on timing, so without this a
+    re-run can store the same text in one output or in two: a diff with no change in it.
+    """
+    merged = []
+    for out in outputs:
+        previous = merged[-1] if merged else None
+        if (out.output_type == "stream" and previous is not None
+                and previous.output_type == "stream" and previous.name == out.name):
+            previous.text += out.text
+        else:
+            merged.append(out)
+    return merged
+
+
 def execute(path: Path) -> float:
     """Execute one notebook in place; return its wall time in seconds."""
     nb = nbformat.read(path, as_version=4)
@@ -50,6 +67,8 @@ def execute(path: Path) -> float:
             cell.metadata["tags"] = tags
         else:
             cell.metadata.pop("tags", None)
+        if "outputs" in cell:
+            cell.outputs = _coalesce_streams(cell.outputs)
         for out in cell.get("outputs", []):
             if out.output_type == "error":  # nbval compares ename/evalue; the traceback holds
                 out.traceback = [f"{out.ename}: {out.evalue}"]  # machine paths, so drop it

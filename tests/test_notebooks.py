@@ -72,6 +72,13 @@ class TestNotebook:
                     assert "NBVAL_RAISES_EXCEPTION" in source(cell), source(cell)[:200]
                 assert out.get("name") != "stderr", f"stderr stored: {''.join(out['text'])[:300]}"
 
+    def test_streams_are_coalesced(self, path):
+        # One stdout output per cell: how the kernel splits printing into messages depends on
+        # timing, so split streams would make re-executions differ (execute_notebooks.py merges).
+        for cell in code_cells(load(path)):
+            kinds = [(o["output_type"], o.get("name")) for o in cell["outputs"]]
+            assert all(a != b or a[0] != "stream" for a, b in zip(kinds, kinds[1:])), source(cell)[:200]
+
     def test_imports_lora_helpers(self, path):
         assert any("lora_helpers" in source(c) for c in code_cells(load(path)))
 
