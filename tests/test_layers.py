@@ -9,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from lora_helpers import LoRALinear
-from lora_helpers.layers import LoRALinearFunction
+from lora_helpers import LoRALinear, LoRALinearFunction
 
 
 def make_layer(in_f=16, out_f=12, **kwargs):
