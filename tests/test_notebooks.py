@@ -79,6 +79,14 @@ class TestNotebook:
             kinds = [(o["output_type"], o.get("name")) for o in cell["outputs"]]
             assert all(a != b or a[0] != "stream" for a, b in zip(kinds, kinds[1:])), source(cell)[:200]
 
+    def test_expected_errors_are_tagged_for_jupyter(self, path):
+        # Run All in JupyterLab stops at an error unless the cell's stored metadata carries the
+        # "raises-exception" tag; nbval reads the comment. Every such cell needs both.
+        for cell in code_cells(load(path)):
+            marked = "NBVAL_RAISES_EXCEPTION" in source(cell)
+            tagged = "raises-exception" in cell["metadata"].get("tags", [])
+            assert marked == tagged, source(cell)[:200]
+
     def test_imports_lora_helpers(self, path):
         assert any("lora_helpers" in source(c) for c in code_cells(load(path)))
 
