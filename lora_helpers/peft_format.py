@@ -57,14 +57,15 @@ _MUST_BE_OFF = {
     "monteclora_config": None, "use_bdlora": None, "arrow_config": None, "kasa_config": None,
     "ensure_weight_tying": False,
 }
-# Fields that describe the file or only matter together with an unsupported field.
+# Fields that describe the file or only matter together with an unsupported field; and
+# fan_in_fan_out, because lora_A/lora_B have the same layout either way (see load_peft_adapter).
 _IGNORED = {"peft_version", "base_model_name_or_path", "revision", "task_type", "inference_mode",
             "auto_mapping", "megatron_core", "qalora_group_size", "runtime_config",
-            "fan_in_fan_out"}  # lora_A/lora_B have the same layout either way (see load_peft_adapter)
+            "fan_in_fan_out"}
 _USED = {"peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora",
          "init_lora_weights", "rank_pattern", "alpha_pattern", "use_dora"}
 # init_lora_weights values that only choose A and B's starting values (the file overwrites them);
-# "pissa", "olora", "corda", "loftq", ... also change the base weights, so the file alone is not the model.
+# "pissa", "olora", "corda", "loftq", ... also change the base weights: the file is not the model.
 _INITS = (True, False, "gaussian", "orthogonal")
 
 
@@ -84,6 +85,8 @@ def _dora_supported() -> bool:
 
 def _magnitude(layer: LoRALinear) -> torch.Tensor | None:
     """DoRA's magnitude vector ``m: (out_features,)`` of a layer, or None for plain LoRA."""
+    if hasattr(layer, "use_dora") and not layer.use_dora:
+        return None
     return getattr(layer, "lora_magnitude_vector", None)
 
 
@@ -117,14 +120,23 @@ def _dropout(layer: LoRALinear) -> float:
     return layer.lora_dropout.p if isinstance(layer.lora_dropout, nn.Dropout) else 0.0
 
 
-def _target_modules(model: nn.Module, paths: list[str]) -> list[str]:
-    """Short names (``["q_proj", "v_proj"]``) if PEFT's suffix rule picks exactly ``paths`` with
-    them, else the full module paths (which it matches exactly)."""
-    short = sorted({p.rpartition(".")[2] for p in paths})
+def _targeted(config: dict, name: str) -> bool:
+    """PEFT's ``check_target_module_exists`` for the options supported here."""
+    targets = config["target_modules"]
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return name in targets or any(name.endswith("." + t) for t in targets)
+
+
+def _target_modules(model: nn.Module, paths: list[str]) -> list[str] | str:
+    """The simplest ``target_modules`` with which PEFT's rule picks exactly ``paths``: short names
+    (``["q_proj", "v_proj"]``), else the full paths, else a regex matching only those paths."""
     inside = tuple(p + "." for p in paths)  # LoRALinear's own children (base, lora_dropout)
-    picked = {n for n, _ in model.named_modules() if not n.startswith(inside)
-              and any(n == t or n.endswith("." + t) for t in short)}
-    return short if picked == set(paths) else sorted(paths)
+    names = [n for n, _ in model.named_modules() if not n.startswith(inside)]
+    for targets in (sorted({p.rpartition(".")[2] for p in paths}), sorted(paths)):
+        if {n for n in names if _targeted({"target_modules": targets}, n)} == set(paths):
+            return targets
+    return "|".join(re.escape(p) for p in sorted(paths))  # matched in full: exactly these paths
 
 
 def _patterns(paths: list[str], values: dict[str, object], default: object) -> dict[str, object]:
@@ -136,7 +148,7 @@ def _patterns(paths: list[str], values: dict[str, object], default: object) -> d
 def save_peft_adapter(model: nn.Module, save_directory: str | Path,
                       base_model_name_or_path: str | None = None,
                       task_type: str | None = None) -> dict:
-    """Write the model's LoRA adapter as PEFT's ``adapter_config.json`` + ``adapter_model.safetensors``.
+    """Write the model's LoRA adapter as PEFT does: a JSON config and a safetensors file.
 
     ``PeftModel.from_pretrained(base_model, save_directory)`` then rebuilds the same adapted
     model from the same base model, and so does ``load_peft_adapter``.
@@ -180,25 +192,27 @@ def save_peft_adapter(model: nn.Module, save_directory: str | Path,
     r = Counter(ranks.values()).most_common(1)[0][0]
     alpha = Counter(alphas.values()).most_common(1)[0][0]
     config = {
-        "peft_type": "LORA", "task_type": task_type, "base_model_name_or_path": base_model_name_or_path,
-        "revision": None, "inference_mode": True, "r": r, "lora_alpha": alpha,
+        "peft_type": "LORA", "task_type": task_type, "revision": None, "inference_mode": True,
+        "base_model_name_or_path": base_model_name_or_path, "r": r, "lora_alpha": alpha,
         "lora_dropout": float(dropout), "target_modules": _target_modules(model, paths),
-        "rank_pattern": _patterns(paths, ranks, r), "alpha_pattern": _patterns(paths, alphas, alpha),
+        "rank_pattern": _patterns(paths, ranks, r),
+        "alpha_pattern": _patterns(paths, alphas, alpha),
         "use_rslora": use_rslora, "use_dora": use_dora, "init_lora_weights": True,
         "fan_in_fan_out": False, "bias": "none", "modules_to_save": None,
         "layers_to_transform": None, "layers_pattern": None,
     }
     if any(_resolve(config, p) != (ranks[p], alphas[p]) for p in paths):
         # A '.' in "^<path>" matched some other layer: use fully escaped paths instead.
-        config["rank_pattern"] = {"^" + re.escape(p[1:]): v for p, v in config["rank_pattern"].items()}
-        config["alpha_pattern"] = {"^" + re.escape(p[1:]): v for p, v in config["alpha_pattern"].items()}
+        for key in ("rank_pattern", "alpha_pattern"):
+            config[key] = {"^" + re.escape(p[1:]): v for p, v in config[key].items()}
 
     tensors = {}
     for name, layer in layers:
-        tensors[f"{PREFIX}{name}.lora_A.weight"] = layer.lora_A.detach().cpu().contiguous()  # (r, in)
-        tensors[f"{PREFIX}{name}.lora_B.weight"] = layer.lora_B.detach().cpu().contiguous()  # (out, r)
+        key = f"{PREFIX}{name}"
+        tensors[f"{key}.lora_A.weight"] = layer.lora_A.detach().cpu().contiguous()  # (r, in)
+        tensors[f"{key}.lora_B.weight"] = layer.lora_B.detach().cpu().contiguous()  # (out, r)
         if use_dora:
-            tensors[f"{PREFIX}{name}.lora_magnitude_vector"] = (
+            tensors[f"{key}.lora_magnitude_vector"] = (
                 _magnitude(layer).detach().cpu().contiguous())  # (out,)
     directory = Path(save_directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -211,8 +225,9 @@ def save_peft_adapter(model: nn.Module, save_directory: str | Path,
 def _read_config(directory: Path) -> dict:
     path = directory / CONFIG_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"no {CONFIG_NAME} in {str(directory)!r}; a PEFT adapter directory "
-                                f"holds {CONFIG_NAME} and {WEIGHTS_NAME} (PeftModel.save_pretrained)")
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {str(directory)!r}; a PEFT adapter "
+                                f"directory holds {CONFIG_NAME} and {WEIGHTS_NAME} "
+                                "(PeftModel.save_pretrained)")
     config = json.loads(path.read_text(encoding="utf-8"))
     if config.get("peft_type") != "LORA":
         raise ValueError(f"peft_type={config.get('peft_type')!r}: this package loads LoRA adapters "
@@ -233,27 +248,20 @@ def _read_config(directory: Path) -> dict:
     config["alpha_pattern"] = config.get("alpha_pattern") or {}
     init = config["init_lora_weights"]
     if not any(init is value or (isinstance(value, str) and init == value) for value in _INITS):
-        raise ValueError(f"init_lora_weights={init!r} is not supported by load_peft_adapter: such "
-                         "initialisations (PiSSA, OLoRA, CorDA, LoftQ, ...) change the base weights "
-                         f"or the layer itself; supported: {_INITS}. Load this adapter with PEFT, or "
-                         "save it there as plain LoRA (path_initial_model_for_weight_conversion)")
+        raise ValueError(f"init_lora_weights={init!r} is not supported by load_peft_adapter: "
+                         "such initialisations (PiSSA, OLoRA, CorDA, LoftQ, ...) change the base "
+                         f"weights or the layer itself; supported: {_INITS}. Load this adapter "
+                         "with PEFT, or save it there as plain LoRA "
+                         "(path_initial_model_for_weight_conversion)")
     if config["use_dora"] and not _dora_supported():
         raise ValueError("use_dora=True: this adapter is DoRA (arXiv 2402.09353), and this "
                          "version of lora_helpers.LoRALinear has no use_dora; load it with PEFT")
     targets = config["target_modules"]
     if targets is None or targets == "all-linear":
-        raise ValueError(f"target_modules={targets!r}: PEFT resolves this from the model type when "
-                         "it creates an adapter and saves the names it chose; this file names none. "
-                         "Write the module names into target_modules")
+        raise ValueError(f"target_modules={targets!r}: PEFT resolves this from the model type "
+                         "when it creates an adapter and saves the names it chose; this file names "
+                         "none. Write the module names into target_modules")
     return config
-
-
-def _targeted(config: dict, name: str) -> bool:
-    """PEFT's ``check_target_module_exists`` for the options supported here."""
-    targets = config["target_modules"]
-    if isinstance(targets, str):
-        return re.fullmatch(targets, name) is not None
-    return name in targets or any(name.endswith("." + t) for t in targets)
 
 
 def _layer_type_error(name: str, module: nn.Module) -> str | None:
@@ -345,7 +353,8 @@ def load_peft_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     for name, parts in per_module.items():
         base = modules[name]
         r, alpha = _resolve(config, name)
-        expected = {".lora_A.weight": (r, base.in_features), ".lora_B.weight": (base.out_features, r),
+        expected = {".lora_A.weight": (r, base.in_features),
+                    ".lora_B.weight": (base.out_features, r),
                     ".lora_magnitude_vector": (base.out_features,)}
         for suffix, value in parts.items():
             if tuple(value.shape) != expected[suffix]:

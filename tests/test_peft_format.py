@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from lora_helpers import (apply_lora, load_peft_adapter, lora_layers, merge_lora,
+from lora_helpers import (LoRALinear, apply_lora, load_peft_adapter, lora_layers, merge_lora,
                           save_peft_adapter)
+from lora_helpers import peft_format
 from lora_helpers.peft_format import CONFIG_NAME, WEIGHTS_NAME
 
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -108,6 +109,17 @@ def test_target_modules_use_peft_suffix_rule(tmp_path):
     config = save_peft_adapter(apply_lora(base(), ["q_proj"], r=1), tmp_path)
     assert config["target_modules"] == ["q_proj"]
     assert [n for n, _ in lora_layers(load_peft_adapter(base(), tmp_path))] == ["q_proj"]
+
+
+def test_target_modules_fall_back_to_a_regex_when_full_paths_match_more(tmp_path):
+    def base():
+        torch.manual_seed(0)
+        return nn.ModuleDict({"a": nn.Linear(4, 4), "b": nn.ModuleDict({"a": nn.Linear(4, 4)})})
+    model = base()
+    model["a"] = LoRALinear(model["a"], r=1)  # only the top-level "a"; "b.a" also ends with ".a"
+    config = save_peft_adapter(model, tmp_path)
+    assert config["target_modules"] == "a"  # a regex, matched in full by PEFT
+    assert [n for n, _ in lora_layers(load_peft_adapter(base(), tmp_path))] == ["a"]
 
 
 def test_rank_and_alpha_patterns(tmp_path):
@@ -232,6 +244,38 @@ def test_off_values_and_ignored_fields_are_accepted(tmp_path):
     edit_config(directory, layers_to_transform=None, loftq_config={}, peft_version="0.21.2",
                 fan_in_fan_out=True, megatron_core="megatron.core", eva_config=None)
     assert len(lora_layers(load_peft_adapter(make_base(), directory))) == 4
+
+
+class FakeDoraLinear(LoRALinear):
+    """Stands in for a LoRALinear that takes use_dora (DoRA's magnitude vector m: (out,)); only
+    the file plumbing is tested with it, not DoRA's arithmetic."""
+
+    def __init__(self, base, *args, use_dora=False, **kwargs):
+        super().__init__(base, *args, **kwargs)
+        self.use_dora = use_dora
+        self.lora_magnitude_vector = (nn.Parameter(base.weight.detach().norm(dim=1))
+                                      if use_dora else None)
+
+
+def test_dora_tensors_round_trip_once_lora_linear_supports_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(peft_format, "LoRALinear", FakeDoraLinear)
+    model = make_base()
+    for name in ["0.q_proj", "1.v_proj"]:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child,
+                FakeDoraLinear(model.get_submodule(name), r=2, use_dora=True))
+    randomize(model)
+    with torch.no_grad():
+        for _, layer in lora_layers(model):
+            layer.lora_magnitude_vector.normal_()
+    config = save_peft_adapter(model, tmp_path)
+    assert config["use_dora"] is True
+    keys = safetensors_torch.load_file(str(tmp_path / WEIGHTS_NAME))
+    assert keys["base_model.model.1.v_proj.lora_magnitude_vector"].shape == (6,)
+    loaded = load_peft_adapter(make_base(), tmp_path)
+    for (_, a), (_, b) in zip(lora_layers(loaded), lora_layers(model)):
+        assert a.use_dora and torch.equal(a.lora_magnitude_vector, b.lora_magnitude_vector)
+        assert torch.equal(a.lora_A, b.lora_A) and torch.equal(a.lora_B, b.lora_B)
 
 
 def test_dora_refused_unless_supported(tmp_path):
@@ -371,6 +415,21 @@ def test_our_files_load_in_peft_and_give_our_outputs(hf, tmp_path):
     # Saving the adapter again with PEFT gives the very same tensor file, byte for byte.
     reference.save_pretrained(tmp_path / "again")
     assert (tmp_path / "again" / WEIGHTS_NAME).read_bytes() == (tmp_path / WEIGHTS_NAME).read_bytes()
+
+
+@peft_warning
+@peft_warning
+def test_dora_keys_are_peft_keys(hf, tmp_path, monkeypatch):
+    _, peft, fresh = hf
+    peft.get_peft_model(fresh(), peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"],
+                                                 use_dora=True)).save_pretrained(tmp_path / "peft")
+    monkeypatch.setattr(peft_format, "LoRALinear", FakeDoraLinear)
+    loaded = load_peft_adapter(fresh(), tmp_path / "peft")
+    assert all(layer.use_dora for _, layer in lora_layers(loaded))
+    save_peft_adapter(loaded, tmp_path / "ours")
+    theirs = safetensors_torch.load_file(str(tmp_path / "peft" / WEIGHTS_NAME))
+    ours = safetensors_torch.load_file(str(tmp_path / "ours" / WEIGHTS_NAME))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
 @peft_warning
