@@ -22,6 +22,10 @@ NOTEBOOK_ENV = {
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
+    # Hugging Face libraries (notebook 09, tests/test_peft_format.py) never reach the Hub: the
+    # models are built from configs, and an accidental download must fail rather than happen.
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
 }
 os.environ.update(NOTEBOOK_ENV)
 os.environ.pop("MPLBACKEND", None)  # Agg here would stop inline figures in the kernels

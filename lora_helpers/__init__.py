@@ -6,6 +6,8 @@ One concept per module:
   hand-written backward pass.
 - ``inject``: ``apply_lora`` and friends: put LoRA into a model by name, freeze, merge, unload.
 - ``state``: adapter-only checkpoints.
+- ``peft_format``: Hugging Face PEFT's adapter files (``adapter_config.json`` +
+  ``adapter_model.safetensors``), written and read.
 - ``params``: parameter counting, PEFT's ``print_trainable_parameters`` line, the paper's count.
 - ``rank``: SVD rank analysis (low-rank approximation, energy/stable/effective rank) and the
   paper's §7 measures (subspace similarity, amplification factor).
@@ -28,6 +30,7 @@ from .inject import (
 from .data import TASKS, DigitsSplit, TaskSplit, few_label_split, load_digits_split, make_task
 from .layers import LoRALinear, LoRALinearFunction
 from .models import MLP, MultiHeadSelfAttention, TinyTransformerClassifier, TransformerBlock
+from .peft_format import load_peft_adapter, save_peft_adapter
 from .params import count_parameters, lora_parameter_count, print_trainable_parameters
 from .plotting import (
     plot_accuracy_vs_parameters,

@@ -101,6 +101,16 @@ def apply_lora(
         if isinstance(module, nn.Linear):
             chosen.append(name)
     unmatched = [t for t in targets if not any(_matches(n, t) for n in chosen)]
+    conv1d = [n for n, m in model.named_modules() if type(m).__name__ == "Conv1D"
+              and any(_matches(n, t) for t in unmatched)]
+    if conv1d:  # transformers' Conv1D (GPT-2): a linear layer with its weight stored transposed
+        raise ValueError(
+            f"target_modules {unmatched} match {conv1d[:3]}{' ...' if len(conv1d) > 3 else ''}, "
+            "transformers Conv1D layers (GPT-2 style): linear layers whose weight is stored "
+            "(in_features, out_features), the transpose of nn.Linear's (out_features, in_features), "
+            "which LoRALinear wraps. Replace each by an nn.Linear holding weight.T and the same "
+            "bias (notebook 09 shows how), or use PEFT, whose LoraConfig(fan_in_fan_out=True) "
+            "handles this layout")
     if unmatched:
         raise ValueError(f"target_modules {unmatched} match no nn.Linear in the model; "
                          f"its linear layers are: {linear_names}")

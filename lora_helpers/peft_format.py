@@ -1,0 +1,387 @@
+"""Hugging Face PEFT's LoRA adapter files, written and read by this package.
+
+``PeftModel.save_pretrained`` writes a directory with two files that matter (and a model card
+that does not):
+
+- ``adapter_config.json``: a ``LoraConfig`` as JSON (``peft_type: "LORA"``, ``r``, ``lora_alpha``,
+  ``target_modules``, ...). Layers whose rank or alpha differ from ``r`` / ``lora_alpha`` are
+  listed in ``rank_pattern`` / ``alpha_pattern``: regular expressions matched against the end of
+  the module path, PEFT's rule ``re.match(rf"(.*\\.)?({key})$", path)``, first match wins.
+- ``adapter_model.safetensors``: the tensors, keyed ``base_model.model.<module path>.lora_A.weight``
+  (shape ``(r, in_features)``) and ``...lora_B.weight`` (shape ``(out_features, r)``), where
+  ``<module path>`` is the module's name in the unwrapped model (``model.named_modules()``).
+  PEFT's in-memory adapter name (``lora_A.default.weight``) is removed on save. DoRA adds
+  ``<module path>.lora_magnitude_vector``, shape ``(out_features,)``.
+
+Field names, defaults and key rules follow PEFT 0.21.2 (``peft/tuners/lora/config.py``,
+``peft/utils/save_and_load.py``, ``peft/utils/other.py``). This module imports neither PEFT nor
+transformers: only ``json`` and the ``safetensors`` library (the format's own reader and writer).
+
+Loading is strict: a config field this package does not implement, set to anything but its
+"off" value, is refused with a ``ValueError`` that names the field and the value, and so is any
+tensor key, module type or shape that does not fit. Nothing is changed in the model until every
+check has passed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import numbers
+import re
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .inject import _set_submodule, lora_layers, mark_only_lora_as_trainable
+from .layers import LoRALinear
+
+__all__ = ["save_peft_adapter", "load_peft_adapter", "CONFIG_NAME", "WEIGHTS_NAME"]
+
+CONFIG_NAME = "adapter_config.json"          # peft.utils.constants.CONFIG_NAME
+WEIGHTS_NAME = "adapter_model.safetensors"   # peft.utils.constants.SAFETENSORS_WEIGHTS_NAME
+PREFIX = "base_model.model."                 # PeftModel.base_model (LoraModel) .model
+TASK_TYPES = ("SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS",
+              "FEATURE_EXTRACTION")          # peft.utils.peft_types.TaskType
+
+# LoraConfig fields (PEFT 0.21.2) that change the model but are not implemented here, with their
+# defaults: a file may carry them only at these values (None, [] and {} all count as unset).
+_MUST_BE_OFF = {
+    "bias": "none", "lora_bias": False, "modules_to_save": None, "exclude_modules": None,
+    "layers_to_transform": None, "layers_pattern": None, "layer_replication": None,
+    "target_parameters": None, "trainable_token_indices": None, "megatron_config": None,
+    "loftq_config": {}, "eva_config": None, "corda_config": None, "lora_ga_config": None,
+    "velora_config": None, "alora_invocation_tokens": None, "use_qalora": False,
+    "monteclora_config": None, "use_bdlora": None, "arrow_config": None, "kasa_config": None,
+    "ensure_weight_tying": False,
+}
+# Fields that describe the file or only matter together with an unsupported field; and
+# fan_in_fan_out, because lora_A/lora_B have the same layout either way (see load_peft_adapter).
+_IGNORED = {"peft_version", "base_model_name_or_path", "revision", "task_type", "inference_mode",
+            "auto_mapping", "megatron_core", "qalora_group_size", "runtime_config",
+            "fan_in_fan_out"}
+_USED = {"peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora",
+         "init_lora_weights", "rank_pattern", "alpha_pattern", "use_dora"}
+# init_lora_weights values that only choose A and B's starting values (the file overwrites them);
+# "pissa", "olora", "corda", "loftq", ... also change the base weights: the file is not the model.
+_INITS = (True, False, "gaussian", "orthogonal")
+
+
+def _safetensors():
+    try:
+        import safetensors.torch
+    except ImportError as error:  # pragma: no cover - safetensors is in requirements.txt
+        raise ImportError("PEFT's adapter files need the safetensors library: "
+                          "pip install safetensors") from error
+    return safetensors.torch
+
+
+def _dora_supported() -> bool:
+    """Whether this package's ``LoRALinear`` takes ``use_dora`` (DoRA, arXiv 2402.09353)."""
+    return "use_dora" in inspect.signature(LoRALinear.__init__).parameters
+
+
+def _magnitude(layer: LoRALinear) -> torch.Tensor | None:
+    """DoRA's magnitude vector ``m: (out_features,)`` of a layer, or None for plain LoRA."""
+    if hasattr(layer, "use_dora") and not layer.use_dora:
+        return None
+    return getattr(layer, "lora_magnitude_vector", None)
+
+
+def _pattern_key(patterns: dict, path: str) -> str | None:
+    """PEFT's ``get_pattern_key``: the first key whose regex matches the end of ``path``."""
+    return next((k for k in patterns if re.match(rf"(.*\.)?({k})$", path)), None)
+
+
+def _resolve(config: dict, path: str) -> tuple[int, float]:
+    """The ``(r, lora_alpha)`` that PEFT gives the module at ``path`` under ``config``."""
+    r_key = _pattern_key(config["rank_pattern"], path)
+    a_key = _pattern_key(config["alpha_pattern"], path)
+    return (config["rank_pattern"][r_key] if r_key is not None else config["r"],
+            config["alpha_pattern"][a_key] if a_key is not None else config["lora_alpha"])
+
+
+def _number(value: numbers.Real) -> int | float:
+    """A JSON-friendly Python number (numpy scalars and 16.0-style floats included)."""
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def _one_value(layers: list[tuple[str, LoRALinear]], field: str, get) -> object:
+    values = {name: get(layer) for name, layer in layers}
+    if len(set(values.values())) > 1:
+        raise ValueError(f"PEFT's adapter_config.json has one {field} for all layers, but the "
+                         f"layers differ: {values}; adapt them with the same {field}")
+    return next(iter(values.values()))
+
+
+def _dropout(layer: LoRALinear) -> float:
+    return layer.lora_dropout.p if isinstance(layer.lora_dropout, nn.Dropout) else 0.0
+
+
+def _targeted(config: dict, name: str) -> bool:
+    """PEFT's ``check_target_module_exists`` for the options supported here."""
+    targets = config["target_modules"]
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return name in targets or any(name.endswith("." + t) for t in targets)
+
+
+def _target_modules(model: nn.Module, paths: list[str]) -> list[str] | str:
+    """The simplest ``target_modules`` with which PEFT's rule picks exactly ``paths``: short names
+    (``["q_proj", "v_proj"]``), else the full paths, else a regex matching only those paths."""
+    inside = tuple(p + "." for p in paths)  # LoRALinear's own children (base, lora_dropout)
+    names = [n for n, _ in model.named_modules() if not n.startswith(inside)]
+    for targets in (sorted({p.rpartition(".")[2] for p in paths}), sorted(paths)):
+        if {n for n in names if _targeted({"target_modules": targets}, n)} == set(paths):
+            return targets
+    return "|".join(re.escape(p) for p in sorted(paths))  # matched in full: exactly these paths
+
+
+def _patterns(paths: list[str], values: dict[str, object], default: object) -> dict[str, object]:
+    """``{"^<path>": value}`` for every layer whose value differs from ``default`` (PEFT's docs
+    write full paths this way); exact because the caller checks the result with ``_resolve``."""
+    return {f"^{p}": values[p] for p in paths if values[p] != default}
+
+
+def save_peft_adapter(model: nn.Module, save_directory: str | Path,
+                      base_model_name_or_path: str | None = None,
+                      task_type: str | None = None) -> dict:
+    """Write the model's LoRA adapter as PEFT does: a JSON config and a safetensors file.
+
+    ``PeftModel.from_pretrained(base_model, save_directory)`` then rebuilds the same adapted
+    model from the same base model, and so does ``load_peft_adapter``.
+
+    Args:
+        model: a model with ``LoRALinear`` layers (``apply_lora``). Its module paths become the
+            tensor keys, so save from the model as it will be given to PEFT (e.g. the whole
+            ``LlamaForCausalLM``, not its ``.model``).
+        save_directory: created if needed; the two files in it are overwritten.
+        base_model_name_or_path: written to the config for the reader (e.g. a Hub id); PEFT
+            uses it only when you ask it to load the base model for you.
+        task_type: PEFT's task type, e.g. ``"CAUSAL_LM"`` (``PeftModelForCausalLM``), or None.
+
+    Returns:
+        The config dict that was written.
+
+    Written as PEFT writes: ``bias="none"`` (only ``lora_A``/``lora_B``, and DoRA's magnitude
+    vectors, are saved; biases and other trained modules are not), ``init_lora_weights=True``
+    (irrelevant once weights are loaded), ``fan_in_fan_out=False`` (``nn.Linear`` layout). The
+    most common rank and alpha become ``r`` and ``lora_alpha``; other layers go into
+    ``rank_pattern`` / ``alpha_pattern``. A merged layer is saved too (A and B are unchanged by
+    merging). Layers that differ in ``lora_dropout``, ``use_rslora`` or DoRA are refused: the
+    config has one value for all of them.
+    """
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError("the model has no LoRALinear layers to save; call apply_lora(model, "
+                         "target_modules=[...]) first")
+    if "" in dict(layers):
+        raise ValueError("the model itself is a LoRALinear; PEFT's keys need a module path: "
+                         "save a model that contains it, e.g. nn.Sequential(layer)")
+    if task_type is not None and task_type not in TASK_TYPES:
+        raise ValueError(f"task_type={task_type!r} is not one of PEFT's {TASK_TYPES} (or None)")
+    dropout = _one_value(layers, "lora_dropout", _dropout)
+    use_rslora = _one_value(layers, "use_rslora", lambda layer: bool(layer.use_rslora))
+    use_dora = _one_value(layers, "use_dora", lambda layer: _magnitude(layer) is not None)
+
+    paths = [name for name, _ in layers]
+    ranks = {name: layer.r for name, layer in layers}
+    alphas = {name: _number(layer.lora_alpha) for name, layer in layers}
+    r = Counter(ranks.values()).most_common(1)[0][0]
+    alpha = Counter(alphas.values()).most_common(1)[0][0]
+    config = {
+        "peft_type": "LORA", "task_type": task_type, "revision": None, "inference_mode": True,
+        "base_model_name_or_path": base_model_name_or_path, "r": r, "lora_alpha": alpha,
+        "lora_dropout": float(dropout), "target_modules": _target_modules(model, paths),
+        "rank_pattern": _patterns(paths, ranks, r),
+        "alpha_pattern": _patterns(paths, alphas, alpha),
+        "use_rslora": use_rslora, "use_dora": use_dora, "init_lora_weights": True,
+        "fan_in_fan_out": False, "bias": "none", "modules_to_save": None,
+        "layers_to_transform": None, "layers_pattern": None,
+    }
+    if any(_resolve(config, p) != (ranks[p], alphas[p]) for p in paths):
+        # A '.' in "^<path>" matched some other layer: use fully escaped paths instead.
+        for key in ("rank_pattern", "alpha_pattern"):
+            config[key] = {"^" + re.escape(p[1:]): v for p, v in config[key].items()}
+
+    tensors = {}
+    for name, layer in layers:
+        key = f"{PREFIX}{name}"
+        tensors[f"{key}.lora_A.weight"] = layer.lora_A.detach().cpu().contiguous()  # (r, in)
+        tensors[f"{key}.lora_B.weight"] = layer.lora_B.detach().cpu().contiguous()  # (out, r)
+        if use_dora:
+            tensors[f"{key}.lora_magnitude_vector"] = (
+                _magnitude(layer).detach().cpu().contiguous())  # (out,)
+    directory = Path(save_directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True),
+                                         encoding="utf-8")
+    _safetensors().save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+    return config
+
+
+def _read_config(directory: Path) -> dict:
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {str(directory)!r}; a PEFT adapter "
+                                f"directory holds {CONFIG_NAME} and {WEIGHTS_NAME} "
+                                "(PeftModel.save_pretrained)")
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if config.get("peft_type") != "LORA":
+        raise ValueError(f"peft_type={config.get('peft_type')!r}: this package loads LoRA adapters "
+                         "only (peft_type 'LORA')")
+    for field, value in config.items():
+        if field in _USED or field in _IGNORED:
+            continue
+        if field not in _MUST_BE_OFF:
+            if value not in (None, False, [], {}):
+                raise ValueError(f"{field}={value!r}: a config field this package does not know "
+                                 "(a newer PEFT feature?); it cannot be loaded faithfully here")
+        elif value != _MUST_BE_OFF[field] and value not in (None, [], {}):
+            raise ValueError(f"{field}={value!r} is not supported by load_peft_adapter (it needs "
+                             f"{field}={_MUST_BE_OFF[field]!r}); load this adapter with PEFT")
+    config = {"r": 8, "lora_alpha": 8, "lora_dropout": 0.0, "use_rslora": False,  # PEFT's defaults
+              "init_lora_weights": True, "use_dora": False, "target_modules": None, **config}
+    config["rank_pattern"] = config.get("rank_pattern") or {}
+    config["alpha_pattern"] = config.get("alpha_pattern") or {}
+    init = config["init_lora_weights"]
+    if not any(init is value or (isinstance(value, str) and init == value) for value in _INITS):
+        raise ValueError(f"init_lora_weights={init!r} is not supported by load_peft_adapter: "
+                         "such initialisations (PiSSA, OLoRA, CorDA, LoftQ, ...) change the base "
+                         f"weights or the layer itself; supported: {_INITS}. Load this adapter "
+                         "with PEFT, or save it there as plain LoRA "
+                         "(path_initial_model_for_weight_conversion)")
+    if config["use_dora"] and not _dora_supported():
+        raise ValueError("use_dora=True: this adapter is DoRA (arXiv 2402.09353), and this "
+                         "version of lora_helpers.LoRALinear has no use_dora; load it with PEFT")
+    targets = config["target_modules"]
+    if targets is None or targets == "all-linear":
+        raise ValueError(f"target_modules={targets!r}: PEFT resolves this from the model type "
+                         "when it creates an adapter and saves the names it chose; this file names "
+                         "none. Write the module names into target_modules")
+    return config
+
+
+def _layer_type_error(name: str, module: nn.Module) -> str | None:
+    """Why LoRA from a PEFT file cannot go onto ``module`` here, or None if it can."""
+    kind = type(module).__name__
+    if isinstance(module, LoRALinear):
+        return (f"module '{name}' already has LoRA; load the adapter into the base model "
+                "(a fresh one, or merge_and_unload(model) first)")
+    if kind == "Conv1D":
+        return (f"module '{name}' is a transformers Conv1D (GPT-2 style), whose weight is stored "
+                "(in_features, out_features), the transpose of nn.Linear's; replace it by an "
+                "nn.Linear holding weight.T and the same bias (notebook 09), then load")
+    if isinstance(module, nn.Embedding):
+        return f"module '{name}' is an {kind}: embedding LoRA is not supported here"
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return f"module '{name}' is a {kind}: convolution LoRA is not supported here"
+    if not isinstance(module, nn.Linear):
+        return f"module '{name}' is a {kind}, not an nn.Linear: LoRALinear cannot wrap it"
+    return None
+
+
+def load_peft_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
+    """Apply a PEFT LoRA adapter directory to ``model`` (in place) and return ``model``.
+
+    Reads ``adapter_config.json`` and ``adapter_model.safetensors`` (written by PEFT's
+    ``save_pretrained`` or by ``save_peft_adapter``), wraps every module the file names in a
+    ``LoRALinear`` with the rank, alpha, dropout and rsLoRA setting that PEFT would give it
+    (``r``/``lora_alpha`` and ``rank_pattern``/``alpha_pattern``), copies the tensors in (cast to
+    the layer's dtype and device) and freezes everything but LoRA, as ``apply_lora`` does.
+
+    Strict: the modules that ``target_modules`` selects (PEFT's rule: a list matches a module
+    path or its ``"." + name`` suffix, a string is a regex matched in full) must be exactly the
+    modules the tensor file names, each an ``nn.Linear`` without LoRA; every key must be
+    ``base_model.model.<path>.lora_A.weight`` / ``.lora_B.weight`` (plus
+    ``.lora_magnitude_vector`` for DoRA, where supported) with the shapes ``(r, in_features)`` /
+    ``(out_features, r)``. Anything else raises a ``ValueError`` naming it, before the model is
+    changed. ``fan_in_fan_out`` is accepted either way: it describes how the *base* layer stores
+    its weight (GPT-2's ``Conv1D``), while ``lora_A``/``lora_B`` are stored as ``nn.Linear``
+    weights in both cases; the base modules here must be ``nn.Linear``.
+
+    Args:
+        model: the base model the adapter was trained on, without LoRA at the named modules.
+        directory: the adapter directory.
+    """
+    directory = Path(directory)
+    config = _read_config(directory)
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        other = " (found adapter_model.bin: PEFT's older pickle format; re-save with " \
+                "safe_serialization=True)" if (directory / "adapter_model.bin").is_file() else ""
+        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {str(directory)!r}{other}")
+    tensors = _safetensors().load_file(str(weights))
+
+    suffixes = [".lora_A.weight", ".lora_B.weight"]
+    if config["use_dora"]:
+        suffixes.append(".lora_magnitude_vector")
+    per_module: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        suffix = next((s for s in suffixes if key.endswith(s)), None)
+        if not key.startswith(PREFIX) or suffix is None:
+            what = ("embedding LoRA" if "lora_embedding_" in key else
+                    "DoRA although use_dora is false" if "lora_magnitude_vector" in key else
+                    "not a LoRA A/B weight of a linear layer")
+            raise ValueError(f"unexpected tensor {key!r} ({what}); expected keys "
+                             f"'{PREFIX}<module path>' + one of {suffixes}")
+        per_module.setdefault(key[len(PREFIX):-len(suffix)], {})[suffix] = value
+
+    modules = dict(model.named_modules())
+    for name, parts in sorted(per_module.items()):
+        if name not in modules:
+            raise ValueError(f"the adapter names module '{name}', which the model does not have; "
+                             "is this the base model it was trained on (base_model_name_or_path="
+                             f"{config.get('base_model_name_or_path')!r})?")
+        missing = [s for s in suffixes if s not in parts]
+        if missing:
+            raise ValueError(f"module '{name}' lacks {[PREFIX + name + s for s in missing]}")
+        problem = _layer_type_error(name, modules[name])
+        if problem:
+            raise ValueError(problem)
+    targeted = {n for n in modules if _targeted(config, n)
+                and not any(n.startswith(p + ".") for p in per_module)}
+    if targeted != set(per_module):
+        raise ValueError(
+            f"target_modules={config['target_modules']!r} selects modules without tensors in the "
+            f"file: {sorted(targeted - set(per_module))}, and the file has tensors for modules it "
+            f"does not select: {sorted(set(per_module) - targeted)}")
+
+    specs = {}
+    for name, parts in per_module.items():
+        base = modules[name]
+        r, alpha = _resolve(config, name)
+        expected = {".lora_A.weight": (r, base.in_features),
+                    ".lora_B.weight": (base.out_features, r),
+                    ".lora_magnitude_vector": (base.out_features,)}
+        for suffix, value in parts.items():
+            if tuple(value.shape) != expected[suffix]:
+                raise ValueError(f"{PREFIX + name + suffix} has shape {tuple(value.shape)}, "
+                                 f"expected {expected[suffix]} (r={r} from the config, "
+                                 f"{base.in_features} in / {base.out_features} out features)")
+        specs[name] = (r, alpha)
+
+    kwargs = {"lora_dropout": config["lora_dropout"], "use_rslora": config["use_rslora"]}
+    if config["use_dora"]:
+        kwargs["use_dora"] = True
+    flags = {p: p.requires_grad for p in model.parameters()}
+    try:  # LoRALinear may still refuse a value (e.g. r too large) after freezing earlier bases
+        wrapped = {name: LoRALinear(modules[name], r=r, lora_alpha=alpha, **kwargs)
+                   for name, (r, alpha) in specs.items()}
+    except (TypeError, ValueError):
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+        raise
+    with torch.no_grad():
+        for name, layer in wrapped.items():
+            parts = per_module[name]
+            layer.lora_A.copy_(parts[".lora_A.weight"])  # (r, in)
+            layer.lora_B.copy_(parts[".lora_B.weight"])  # (out, r)
+            if config["use_dora"]:
+                _magnitude(layer).copy_(parts[".lora_magnitude_vector"])  # (out,)
+    for name, layer in wrapped.items():
+        _set_submodule(model, name, layer)
+    mark_only_lora_as_trainable(model)
+    return model

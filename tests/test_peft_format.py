@@ -1,0 +1,460 @@
+"""PEFT's adapter files: round trips here, round trips with real PEFT, key names, config, refusals."""
+
+import copy
+import json
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from lora_helpers import (LoRALinear, apply_lora, load_peft_adapter, lora_layers, merge_lora,
+                          save_peft_adapter)
+from lora_helpers import peft_format
+from lora_helpers.peft_format import CONFIG_NAME, WEIGHTS_NAME
+
+safetensors_torch = pytest.importorskip("safetensors.torch")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the Hub (conftest may set it too)
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+class Block(nn.Module):
+    def __init__(self, d=8):
+        super().__init__()
+        self.q_proj, self.k_proj, self.v_proj = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, 6)
+        self.mlp = nn.Sequential(nn.Linear(6, 12), nn.GELU(), nn.Linear(12, d))
+
+    def forward(self, x):
+        return self.mlp(self.v_proj(self.q_proj(x) * torch.sigmoid(self.k_proj(x)))) + x
+
+
+def make_base(seed=0, n=2):
+    torch.manual_seed(seed)
+    return nn.Sequential(*[Block() for _ in range(n)])
+
+
+def randomize(model, seed=1):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for _, layer in lora_layers(model):
+            layer.lora_A.normal_()
+            layer.lora_B.normal_()
+    return model
+
+
+def adapted(seed=0, **kwargs):
+    kwargs.setdefault("target_modules", ["q_proj", "v_proj"])
+    kwargs.setdefault("r", 2)
+    return randomize(apply_lora(make_base(seed), **kwargs))
+
+
+def test_round_trip_here_gives_identical_outputs(tmp_path):
+    model = adapted(lora_alpha=4, use_rslora=True)
+    save_peft_adapter(model, tmp_path)
+    loaded = load_peft_adapter(make_base(), tmp_path)
+    x = torch.randn(5, 8)
+    assert torch.equal(loaded(x), model(x))
+    assert [(n, l.r, l.lora_alpha, l.scaling) for n, l in lora_layers(loaded)] == \
+        [(n, l.r, l.lora_alpha, l.scaling) for n, l in lora_layers(model)]
+    trainable = {n for n, p in loaded.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.endswith(("lora_A", "lora_B")) for n in trainable)
+
+
+def test_file_names_keys_shapes_and_metadata(tmp_path):
+    save_peft_adapter(adapted(), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+    assert (CONFIG_NAME, WEIGHTS_NAME) == ("adapter_config.json", "adapter_model.safetensors")
+    tensors = safetensors_torch.load_file(str(tmp_path / WEIGHTS_NAME))
+    assert {k: tuple(v.shape) for k, v in tensors.items()} == {
+        f"base_model.model.{i}.{m}.lora_{ab}.weight": shape
+        for i in (0, 1) for m, out in (("q_proj", 8), ("v_proj", 6))
+        for ab, shape in (("A", (2, 8)), ("B", (out, 2)))}
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / WEIGHTS_NAME), "pt") as f:
+        assert f.metadata() == {"format": "pt"}
+
+
+def test_config_fields_and_peft_defaults(tmp_path):
+    written = save_peft_adapter(adapted(lora_alpha=16), tmp_path, base_model_name_or_path="tiny",
+                                task_type="CAUSAL_LM")
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    assert config == written
+    assert {k: config[k] for k in ("peft_type", "r", "lora_alpha", "lora_dropout", "target_modules",
+                                   "bias", "use_rslora", "use_dora", "init_lora_weights",
+                                   "modules_to_save", "base_model_name_or_path", "task_type",
+                                   "rank_pattern", "alpha_pattern", "fan_in_fan_out")} == {
+        "peft_type": "LORA", "r": 2, "lora_alpha": 16, "lora_dropout": 0.0,
+        "target_modules": ["q_proj", "v_proj"], "bias": "none", "use_rslora": False,
+        "use_dora": False, "init_lora_weights": True, "modules_to_save": None,
+        "base_model_name_or_path": "tiny", "task_type": "CAUSAL_LM", "rank_pattern": {},
+        "alpha_pattern": {}, "fan_in_fan_out": False}
+    assert isinstance(config["lora_dropout"], float)
+
+
+def test_target_modules_fall_back_to_full_paths_when_short_names_would_pick_more(tmp_path):
+    model = randomize(apply_lora(make_base(), ["0.q_proj"], r=2))  # not 1.q_proj
+    config = save_peft_adapter(model, tmp_path)
+    assert config["target_modules"] == ["0.q_proj"]
+    loaded = load_peft_adapter(make_base(), tmp_path)
+    assert [n for n, _ in lora_layers(loaded)] == ["0.q_proj"]
+
+
+def test_target_modules_use_peft_suffix_rule(tmp_path):
+    def base():
+        torch.manual_seed(0)
+        return nn.ModuleDict({"q_proj": nn.Linear(4, 4), "xq_proj": nn.Linear(4, 4)})
+    config = save_peft_adapter(apply_lora(base(), ["q_proj"], r=1), tmp_path)
+    assert config["target_modules"] == ["q_proj"]
+    assert [n for n, _ in lora_layers(load_peft_adapter(base(), tmp_path))] == ["q_proj"]
+
+
+def test_target_modules_fall_back_to_a_regex_when_full_paths_match_more(tmp_path):
+    def base():
+        torch.manual_seed(0)
+        return nn.ModuleDict({"a": nn.Linear(4, 4), "b": nn.ModuleDict({"a": nn.Linear(4, 4)})})
+    model = base()
+    model["a"] = LoRALinear(model["a"], r=1)  # only the top-level "a"; "b.a" also ends with ".a"
+    config = save_peft_adapter(model, tmp_path)
+    assert config["target_modules"] == "a"  # a regex, matched in full by PEFT
+    assert [n for n, _ in lora_layers(load_peft_adapter(base(), tmp_path))] == ["a"]
+
+
+def test_rank_and_alpha_patterns(tmp_path):
+    model = make_base(n=3)
+    apply_lora(model, ["0.q_proj", "1.q_proj", "2.q_proj", "0.v_proj"], r=2, lora_alpha=4)
+    for name, r, alpha in [("1.q_proj", 4, 4), ("0.v_proj", 1, 3)]:
+        model.get_submodule(name).__init__(model.get_submodule(name).base, r=r, lora_alpha=alpha)
+    randomize(model)
+    config = save_peft_adapter(model, tmp_path)
+    assert (config["r"], config["lora_alpha"]) == (2, 4)
+    assert config["rank_pattern"] == {"^1.q_proj": 4, "^0.v_proj": 1}
+    assert config["alpha_pattern"] == {"^0.v_proj": 3}
+    loaded = load_peft_adapter(make_base(n=3), tmp_path)
+    assert {n: (l.r, l.lora_alpha) for n, l in lora_layers(loaded)} == \
+        {n: (l.r, l.lora_alpha) for n, l in lora_layers(model)}
+    x = torch.randn(4, 8)
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_patterns_are_escaped_when_a_dot_would_match_another_layer(tmp_path):
+    def base():
+        torch.manual_seed(0)
+        return nn.ModuleDict({"a": nn.ModuleDict({"b": nn.Linear(4, 4)}), "aXb": nn.Linear(4, 4),
+                              "c": nn.Linear(4, 4), "d": nn.Linear(4, 4)})
+    model = apply_lora(base(), ["c", "d"], r=1)
+    apply_lora(model, ["a.b"], r=3)
+    apply_lora(model, ["aXb"], r=2)
+    config = save_peft_adapter(model, tmp_path)
+    assert config["rank_pattern"] == {r"^a\.b": 3, "^aXb": 2}  # "^a.b" would also match "aXb"
+    loaded = load_peft_adapter(base(), tmp_path)
+    assert {n: l.r for n, l in lora_layers(loaded)} == {"a.b": 3, "aXb": 2, "c": 1, "d": 1}
+
+
+@settings(max_examples=15)
+@given(st.lists(st.tuples(st.integers(1, 6), st.sampled_from([1, 2, 8, 0.5])), min_size=4, max_size=4),
+       st.booleans())
+def test_property_any_ranks_and_alphas_round_trip(tmp_path_factory, specs, rslora):
+    model = make_base()
+    names = ["0.q_proj", "0.v_proj", "1.q_proj", "1.mlp.0"]
+    for name, (r, alpha) in zip(names, specs):
+        apply_lora(model, [name], r=r, lora_alpha=alpha, use_rslora=rslora)
+    randomize(model)
+    directory = tmp_path_factory.mktemp("adapter")
+    save_peft_adapter(model, directory)
+    loaded = load_peft_adapter(make_base(), directory)
+    assert {n: (l.r, l.lora_alpha, l.scaling) for n, l in lora_layers(loaded)} == \
+        {n: (l.r, l.lora_alpha, l.scaling) for n, l in lora_layers(model)}
+    x = torch.randn(3, 8)
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_merged_model_saves_the_same_adapter(tmp_path):
+    model = adapted()
+    save_peft_adapter(model, tmp_path / "a")
+    merge_lora(model)
+    save_peft_adapter(model, tmp_path / "b")
+    assert (tmp_path / "a" / WEIGHTS_NAME).read_bytes() == (tmp_path / "b" / WEIGHTS_NAME).read_bytes()
+
+
+def test_save_refusals(tmp_path):
+    with pytest.raises(ValueError, match="no LoRALinear"):
+        save_peft_adapter(make_base(), tmp_path)
+    with pytest.raises(ValueError, match="task_type='causal'"):
+        save_peft_adapter(adapted(), tmp_path, task_type="causal")
+    model = apply_lora(make_base(), ["q_proj"], r=2, lora_dropout=0.1)
+    apply_lora(model, ["v_proj"], r=2)
+    with pytest.raises(ValueError, match="one lora_dropout for all layers"):
+        save_peft_adapter(model, tmp_path)
+    model = apply_lora(make_base(), ["q_proj"], r=2, use_rslora=True)
+    apply_lora(model, ["v_proj"], r=2)
+    with pytest.raises(ValueError, match="one use_rslora"):
+        save_peft_adapter(model, tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing written by a refused save
+
+
+# ---- refusals when loading: each names the field (or key) and the value ---------------------
+
+def saved(tmp_path, **kwargs):
+    save_peft_adapter(adapted(**kwargs), tmp_path)
+    return tmp_path
+
+
+def edit_config(directory, **changes):
+    path = directory / CONFIG_NAME
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+
+
+def edit_tensors(directory, change):
+    tensors = safetensors_torch.load_file(str(directory / WEIGHTS_NAME))
+    change(tensors)
+    safetensors_torch.save_file(tensors, str(directory / WEIGHTS_NAME))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("peft_type", "IA3", "peft_type='IA3'"),
+    ("layers_to_transform", [0], r"layers_to_transform=\[0\] is not supported"),
+    ("layer_replication", [[0, 1], [0, 2]], "layer_replication=.* is not supported"),
+    ("modules_to_save", ["lm_head"], r"modules_to_save=\['lm_head'\]"),
+    ("bias", "all", "bias='all' is not supported"),
+    ("lora_bias", True, "lora_bias=True"),
+    ("init_lora_weights", "pissa", "init_lora_weights='pissa'"),
+    ("use_dora", True, "use_dora=True"),
+    ("target_modules", "all-linear", "target_modules='all-linear'"),
+    ("target_modules", None, "target_modules=None"),
+    ("some_future_option", 3, "some_future_option=3: a config field this package does not know"),
+])
+def test_unsupported_config_is_refused_by_name_and_value(tmp_path, field, value, message):
+    directory = saved(tmp_path)
+    edit_config(directory, **{field: value})
+    model = make_base()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=message):
+        load_peft_adapter(model, directory)
+    assert not lora_layers(model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_off_values_and_ignored_fields_are_accepted(tmp_path):
+    directory = saved(tmp_path)
+    edit_config(directory, layers_to_transform=None, loftq_config={}, peft_version="0.21.2",
+                fan_in_fan_out=True, megatron_core="megatron.core", eva_config=None)
+    assert len(lora_layers(load_peft_adapter(make_base(), directory))) == 4
+
+
+class FakeDoraLinear(LoRALinear):
+    """Stands in for a LoRALinear that takes use_dora (DoRA's magnitude vector m: (out,)); only
+    the file plumbing is tested with it, not DoRA's arithmetic."""
+
+    def __init__(self, base, *args, use_dora=False, **kwargs):
+        super().__init__(base, *args, **kwargs)
+        self.use_dora = use_dora
+        self.lora_magnitude_vector = (nn.Parameter(base.weight.detach().norm(dim=1))
+                                      if use_dora else None)
+
+
+def test_dora_tensors_round_trip_once_lora_linear_supports_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(peft_format, "LoRALinear", FakeDoraLinear)
+    model = make_base()
+    for name in ["0.q_proj", "1.v_proj"]:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child,
+                FakeDoraLinear(model.get_submodule(name), r=2, use_dora=True))
+    randomize(model)
+    with torch.no_grad():
+        for _, layer in lora_layers(model):
+            layer.lora_magnitude_vector.normal_()
+    config = save_peft_adapter(model, tmp_path)
+    assert config["use_dora"] is True
+    keys = safetensors_torch.load_file(str(tmp_path / WEIGHTS_NAME))
+    assert keys["base_model.model.1.v_proj.lora_magnitude_vector"].shape == (6,)
+    loaded = load_peft_adapter(make_base(), tmp_path)
+    for (_, a), (_, b) in zip(lora_layers(loaded), lora_layers(model)):
+        assert a.use_dora and torch.equal(a.lora_magnitude_vector, b.lora_magnitude_vector)
+        assert torch.equal(a.lora_A, b.lora_A) and torch.equal(a.lora_B, b.lora_B)
+
+
+def test_dora_refused_unless_supported(tmp_path):
+    from lora_helpers.peft_format import _dora_supported
+    directory = saved(tmp_path)
+    edit_config(directory, use_dora=True)
+    if _dora_supported():
+        pytest.skip("LoRALinear supports DoRA: the refusal does not apply")
+    with pytest.raises(ValueError, match="use_dora=True: this adapter is DoRA"):
+        load_peft_adapter(make_base(), directory)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t.pop("base_model.model.0.q_proj.lora_B.weight"), r"lacks \['base_model.model.0.q_proj.lora_B"),
+    (lambda t: t.update({"base_model.model.0.q_proj.lora_embedding_A": torch.zeros(2, 8)}),
+     "embedding LoRA"),
+    (lambda t: t.update({"base_model.model.0.q_proj.lora_magnitude_vector": torch.zeros(8)}),
+     "DoRA although use_dora is false"),
+    (lambda t: t.update({"model.0.q_proj.lora_A.weight": torch.zeros(2, 8)}), "unexpected tensor"),
+    (lambda t: t.update({"base_model.model.0.q_proj.lora_A.weight": torch.zeros(3, 8)}),
+     r"has shape \(3, 8\), expected \(2, 8\)"),
+    (lambda t: t.update({"base_model.model.9.q_proj.lora_A.weight": torch.zeros(2, 8),
+                         "base_model.model.9.q_proj.lora_B.weight": torch.zeros(8, 2)}),
+     "names module '9.q_proj', which the model does not have"),
+    (lambda t: t.update({"base_model.model.0.k_proj.lora_A.weight": torch.zeros(2, 8),
+                         "base_model.model.0.k_proj.lora_B.weight": torch.zeros(8, 2)}),
+     r"does not select: \['0.k_proj'\]"),
+    (lambda t: [t.pop(f"base_model.model.1.v_proj.lora_{ab}.weight") for ab in "AB"],
+     r"without tensors in the file: \['1.v_proj'\]"),
+])
+def test_bad_tensor_files_are_refused_and_change_nothing(tmp_path, change, message):
+    directory = saved(tmp_path)
+    edit_tensors(directory, change)
+    model = make_base()
+    with pytest.raises(ValueError, match=message):
+        load_peft_adapter(model, directory)
+    assert not lora_layers(model) and all(p.requires_grad for p in model.parameters())
+
+
+def test_wrong_layer_types_are_named(tmp_path):
+    class Conv1D(nn.Module):  # the layout of transformers.pytorch_utils.Conv1D: weight (in, out)
+        def __init__(self, nf, nx):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(nx, nf))
+
+    directory = saved(tmp_path, target_modules=["q_proj"])
+    for module, message in [(nn.Embedding(8, 8), "Embedding: embedding LoRA"),
+                            (nn.Conv1d(8, 8, 1), "Conv1d: convolution LoRA"),
+                            (Conv1D(8, 8), r"transformers Conv1D .* nn.Linear holding weight.T"),
+                            (nn.Sequential(nn.Linear(8, 8)), "Sequential, not an nn.Linear")]:
+        model = make_base()
+        model[0].q_proj = module
+        with pytest.raises(ValueError, match=message):
+            load_peft_adapter(model, directory)
+    with pytest.raises(ValueError, match="'0.q_proj' already has LoRA"):
+        load_peft_adapter(apply_lora(make_base(), ["q_proj"], r=2), directory)
+
+
+def test_missing_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
+        load_peft_adapter(make_base(), tmp_path)
+    directory = saved(tmp_path)
+    (directory / WEIGHTS_NAME).rename(directory / "adapter_model.bin")
+    with pytest.raises(FileNotFoundError, match="found adapter_model.bin"):
+        load_peft_adapter(make_base(), directory)
+
+
+def test_apply_lora_names_conv1d_and_the_fix():
+    class Conv1D(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(8, 24))
+
+    model = nn.Sequential(nn.ModuleDict({"c_attn": Conv1D()}), nn.Linear(8, 8))
+    with pytest.raises(ValueError, match=r"match \['0.c_attn'\], transformers Conv1D.*"
+                                         r"\(in_features, out_features\).*fan_in_fan_out=True"):
+        apply_lora(model, ["c_attn"])
+
+
+# ---- with real PEFT and transformers (tiny models built from configs; nothing downloaded) ----
+
+# PEFT 0.21.2 reads transformers 5's deprecated `is_gradient_checkpointing` in PeftModel.__init__.
+peft_warning = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
+
+
+@pytest.fixture(scope="module")
+def hf():
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
+                                      num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, max_position_embeddings=32)
+    torch.manual_seed(0)
+    state = transformers.LlamaForCausalLM(config).state_dict()
+
+    def fresh():
+        model = transformers.LlamaForCausalLM(config)
+        model.load_state_dict(state)
+        return model.eval()
+    return transformers, peft, fresh
+
+
+@peft_warning
+def test_peft_files_load_here_and_give_peft_outputs(hf, tmp_path):
+    _, peft, fresh = hf
+    torch.manual_seed(1)
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                             rank_pattern={"v_proj": 2}, alpha_pattern={"layers.1.mlp.down_proj": 3},
+                             init_lora_weights=False, task_type="CAUSAL_LM")
+    reference = peft.get_peft_model(fresh(), config).eval()
+    reference.save_pretrained(tmp_path)
+    ids = torch.randint(0, 64, (2, 12))
+    model = load_peft_adapter(fresh(), tmp_path).eval()
+    ranks = {n: (l.r, l.lora_alpha) for n, l in lora_layers(model)}
+    assert ranks["model.layers.0.self_attn.v_proj"] == (2, 8)
+    assert ranks["model.layers.1.mlp.down_proj"] == (4, 3)
+    assert ranks["model.layers.0.mlp.down_proj"] == (4, 8)
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, reference(ids).logits, atol=1e-6, rtol=0)
+        base_logits = fresh()(ids).logits
+        assert not torch.allclose(model(ids).logits, base_logits, atol=1e-3)
+
+
+@peft_warning
+def test_our_files_load_in_peft_and_give_our_outputs(hf, tmp_path):
+    _, peft, fresh = hf
+    model = randomize(apply_lora(fresh(), ["q_proj", "v_proj"], r=4, lora_alpha=8, use_rslora=True))
+    apply_lora(model, ["o_proj"], r=2, lora_alpha=5, use_rslora=True)
+    randomize(model, seed=2)
+    save_peft_adapter(model, tmp_path, task_type="CAUSAL_LM")
+    reference = peft.PeftModel.from_pretrained(fresh(), tmp_path).eval()
+    ids = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        assert torch.allclose(reference(ids).logits, model.eval()(ids).logits, atol=1e-6, rtol=0)
+    assert reference.peft_config["default"].rank_pattern == {
+        f"^model.layers.{i}.self_attn.o_proj": 2 for i in (0, 1)}
+    # Saving the adapter again with PEFT gives the very same tensor file, byte for byte.
+    reference.save_pretrained(tmp_path / "again")
+    assert (tmp_path / "again" / WEIGHTS_NAME).read_bytes() == (tmp_path / WEIGHTS_NAME).read_bytes()
+
+
+@peft_warning
+@peft_warning
+def test_dora_keys_are_peft_keys(hf, tmp_path, monkeypatch):
+    _, peft, fresh = hf
+    peft.get_peft_model(fresh(), peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"],
+                                                 use_dora=True)).save_pretrained(tmp_path / "peft")
+    monkeypatch.setattr(peft_format, "LoRALinear", FakeDoraLinear)
+    loaded = load_peft_adapter(fresh(), tmp_path / "peft")
+    assert all(layer.use_dora for _, layer in lora_layers(loaded))
+    save_peft_adapter(loaded, tmp_path / "ours")
+    theirs = safetensors_torch.load_file(str(tmp_path / "peft" / WEIGHTS_NAME))
+    ours = safetensors_torch.load_file(str(tmp_path / "ours" / WEIGHTS_NAME))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+@peft_warning
+def test_gpt2_conv1d_adapter_loads_into_the_linear_version(hf, tmp_path):
+    transformers, peft, _ = hf
+    config = transformers.GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=32, n_positions=16,
+                                     bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    gpt2 = transformers.GPT2LMHeadModel(config).eval()
+    state = copy.deepcopy(gpt2.state_dict())
+    reference = peft.get_peft_model(gpt2, peft.LoraConfig(
+        r=2, target_modules=["c_attn"], fan_in_fan_out=True, init_lora_weights=False)).eval()
+    reference.save_pretrained(tmp_path)
+    mine = transformers.GPT2LMHeadModel(config).eval()
+    mine.load_state_dict(state)
+    with pytest.raises(ValueError, match="transformers Conv1D"):
+        load_peft_adapter(mine, tmp_path)
+    for block in mine.transformer.h:  # Conv1D (weight (in, out)) -> nn.Linear (weight (out, in))
+        conv = block.attn.c_attn
+        linear = nn.Linear(*conv.weight.shape)
+        with torch.no_grad():
+            linear.weight.copy_(conv.weight.T)
+            linear.bias.copy_(conv.bias)
+        block.attn.c_attn = linear
+    load_peft_adapter(mine, tmp_path)
+    ids = torch.randint(0, 32, (2, 8))
+    with torch.no_grad():
+        assert torch.allclose(mine(ids).logits, reference(ids).logits, atol=1e-6, rtol=0)
