@@ -210,20 +210,32 @@ def plot_singular_values(matrices: Mapping[str, Matrix], ax: Axes | None = None,
 
 
 def plot_subspace_similarity(grid: Matrix, ax: Axes | None = None, title: str | None = None, *,
-                             cbar: bool = True) -> Axes:
+                             cbar: bool = True, d: int | None = None) -> Axes:
     """Heatmap of ``φ(i, j)`` from :func:`~lora_helpers.subspace_similarity_grid` (paper Fig. 3).
 
     ``grid`` is ``(r1, r2)`` with values in [0, 1]; row i (top = 1) and column j are 1-based.
+
+    With ``d`` (the input width the directions live in), the map shows ``φ(i, j) - max(i, j)/d``
+    instead: φ minus its expected value for two random subspaces of ``R^d`` (the chance level),
+    on a diverging map with limits ±1 (red above chance, white at chance, blue below). Without
+    it, φ itself on ``[0, 1]``, where the chance level rises to 1 towards ``j = d``.
     """
     t = _as_matrix(grid, "grid")
     if t.min() < -1e-6 or t.max() > 1 + 1e-6:
         raise ValueError(f"grid values must lie in [0, 1] (φ from subspace_similarity_grid), got "
                          f"the range [{float(t.min()):.3g}, {float(t.max()):.3g}]")
+    shown = t.clamp(0, 1).numpy()  # (r1, r2)
+    if d is not None:
+        d = check_int(d, "d", max(t.shape), why="the width of the space; φ(i, j) needs i, j <= d")
+        i = np.arange(1, t.shape[0] + 1)[:, None]  # (r1, 1)
+        j = np.arange(1, t.shape[1] + 1)[None, :]  # (1, r2)
+        shown = shown - np.maximum(i, j) / d  # (r1, r2): φ minus its chance level
     if ax is None:
         _, ax = plt.subplots(figsize=(4.5, 3.8), layout="constrained")
-    sns.heatmap(t.clamp(0, 1).numpy(), ax=ax, vmin=0, vmax=1, cmap="viridis", cbar=cbar,
-                xticklabels=False, yticklabels=False,
-                cbar_kws={"label": "φ(i, j)"} if cbar else None)
+    label = "φ(i, j)" if d is None else f"φ(i, j) − max(i, j)/{d}"
+    sns.heatmap(shown, ax=ax, vmin=0 if d is None else -1, vmax=1,
+                cmap="viridis" if d is None else DIVERGING, cbar=cbar,
+                xticklabels=False, yticklabels=False, cbar_kws={"label": label} if cbar else None)
     for n, axis in ((t.shape[1], ax.xaxis), (t.shape[0], ax.yaxis)):
         step = math.ceil(n / 10)
         ticks = [1] + list(range(step, n + 1, step)) if step > 1 else list(range(1, n + 1))
@@ -231,7 +243,8 @@ def plot_subspace_similarity(grid: Matrix, ax: Axes | None = None, title: str | 
     ax.tick_params(axis="y", labelrotation=0)
     ax.set_xlabel("j (top-j directions of A₂)")
     ax.set_ylabel("i (top-i directions of A₁)")
-    ax.set_title(title or f"Subspace similarity φ(i, j), {t.shape[0]}×{t.shape[1]}")
+    default = "Subspace similarity φ(i, j)" if d is None else "φ(i, j) minus chance"
+    ax.set_title(title or f"{default}, {t.shape[0]}×{t.shape[1]}")
     return ax
 
 

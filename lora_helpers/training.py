@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +30,15 @@ class History:
     val_accuracy: list[float] = field(default_factory=list)
     seconds: float = 0.0
     optimizer: torch.optim.Optimizer | None = None
+
+
+def _show_progress(progress: bool) -> bool:
+    """``progress``, unless the environment variable ``TQDM_DISABLE`` is set (the tests set it).
+
+    tqdm reads ``TQDM_DISABLE`` only as a default, and its notebook bars pass ``disable``
+    explicitly, so without this check a bar would still be drawn (and stored) under the tests.
+    """
+    return bool(progress) and os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("1", "true", "yes")
 
 
 def _check_data(x: torch.Tensor, y: torch.Tensor, what: str) -> None:
@@ -74,7 +84,7 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, *, epo
     generator = torch.Generator().manual_seed(seed)
     history = History(optimizer=optimizer)
     start = time.perf_counter()
-    for _ in tqdm(range(epochs), desc="epochs", disable=not progress, leave=False):
+    for _ in tqdm(range(epochs), desc="epochs", disable=not _show_progress(progress), leave=False):
         model.train()
         order = torch.randperm(len(y_train), generator=generator)  # (n,)
         total_loss, correct = 0.0, 0
@@ -224,7 +234,7 @@ def sweep_learning_rate(run: Callable[[float, int], float], lrs: Sequence[float]
     if not seeds:
         raise ValueError("seeds is empty: pass at least one seed, e.g. seeds=(0,)")
     scores = []
-    with tqdm(total=len(lrs) * len(seeds), desc=desc, disable=not progress, leave=False) as bar:
+    with tqdm(total=len(lrs) * len(seeds), desc=desc, disable=not _show_progress(progress), leave=False) as bar:
         for lr in lrs:
             row = []
             for seed in seeds:

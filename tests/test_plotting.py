@@ -247,6 +247,37 @@ def test_subspace_similarity_default_title_has_shape():
     assert ax.get_title() == "Subspace similarity φ(i, j), 3×5" and len(ax.figure.axes) == 1
 
 
+@settings(deadline=None, max_examples=10)
+@given(r1=st.integers(1, 8), r2=st.integers(1, 20), extra=st.integers(0, 30), seed=st.integers(0, 99))
+def test_subspace_similarity_minus_chance_shows_phi_minus_max_ij_over_d(r1, r2, extra, seed):
+    d = max(r1, r2) + extra
+    grid = np.random.default_rng(seed).uniform(0, 1, (r1, r2))
+    ax = plot_subspace_similarity(grid, d=d, cbar=False)
+    i, j = np.meshgrid(np.arange(1, r1 + 1), np.arange(1, r2 + 1), indexing="ij")
+    shown = np.asarray(mesh(ax).get_array()).reshape(r1, r2)
+    np.testing.assert_allclose(shown, grid - np.maximum(i, j) / d, atol=1e-6)
+    assert mesh(ax).get_clim() == (-1.0, 1.0)  # diverging, white = chance
+    assert ax.get_title() == f"φ(i, j) minus chance, {r1}×{r2}"
+
+
+def test_subspace_similarity_minus_chance_is_zero_on_average_for_random_subspaces():
+    rng = np.random.default_rng(1)
+    grids = [subspace_similarity_grid(rng.standard_normal((8, 64)), rng.standard_normal((64, 64)))
+             for _ in range(100)]
+    ax = plot_subspace_similarity(torch.stack(grids).mean(0), d=64)
+    assert abs(float(np.mean(mesh(ax).get_array()))) < 0.02  # at chance everywhere
+    assert ax.figure.axes[-1].get_ylabel() == "φ(i, j) − max(i, j)/64"
+
+
+@pytest.mark.parametrize("d,error,match", [
+    (4, ValueError, r"d=4 is out of range: need d >= 5"),
+    (64.0, TypeError, "d must be an int"),
+])
+def test_subspace_similarity_bad_width(d, error, match):
+    with pytest.raises(error, match=match):
+        plot_subspace_similarity(np.zeros((3, 5)), d=d)
+
+
 @pytest.mark.parametrize("grid,error,match", [
     (np.full((2, 2), 1.5), ValueError, r"must lie in \[0, 1\].*\[1.5, 1.5\]"),
     (np.ones(4), ValueError, "2-D matrix"),

@@ -126,3 +126,18 @@ def test_sweep_learning_rate_treats_divergence_as_worst():
 def test_sweep_learning_rate_refuses_bad_grids(lrs):
     with pytest.raises(ValueError, match="lrs must be"):
         sweep_learning_rate(lambda lr, seed: 0.0, lrs, progress=False)
+
+
+@pytest.mark.parametrize("env,shown", [(None, True), ("1", False), ("true", False), ("0", True)])
+def test_progress_bars_respect_tqdm_disable(monkeypatch, capsys, env, shown):
+    # tqdm's notebook bars ignore TQDM_DISABLE when `disable` is passed; train must not
+    if env is None:
+        monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    else:
+        monkeypatch.setenv("TQDM_DISABLE", env)
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3), torch.arange(8) % 2
+    train(nn.Linear(3, 2), x, y, epochs=2, lr=1e-2, progress=True)
+    sweep_learning_rate(lambda lr, seed: 0.5, [1e-3, 1e-2, 1e-1], progress=True)
+    err = capsys.readouterr().err
+    assert ("epochs" in err and "lr sweep" in err) == shown, err
