@@ -174,3 +174,14 @@ def test_sample_batch_refuses_bad_input():
         sample_batch(torch.zeros(10), context=2, batch_size=2)
     with pytest.raises(TypeError, match="context must be an int"):
         sample_batch(torch.arange(10), context=2.5, batch_size=2)
+
+
+def test_pyproject_packages_the_corpus_files():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11; the check is the same on 3.10
+    import fnmatch
+    root = CORPUS_DIR.parents[1]
+    config = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = config["tool"]["setuptools"]["package-data"]["lora_helpers"]
+    files = [p.relative_to(CORPUS_DIR.parent).as_posix() for p in CORPUS_DIR.glob("*.txt")]
+    assert len(files) == len(CORPORA) + 1  # the corpora and LICENSE_PSF.txt
+    assert all(any(fnmatch.fnmatch(f, pat) for pat in patterns) for f in files)
