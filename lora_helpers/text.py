@@ -6,7 +6,7 @@ version reads the same characters:
 
 - ``"docs"``: English prose, topics of Python 3.11.7's reference documentation (about 174k
   characters);
-- ``"code"``: Python source, fourteen pure-Python modules of Python 3.11.7's standard library
+- ``"code"``: Python source, sixteen pure-Python modules of Python 3.11.7's standard library
   (about 193k characters).
 
 Both are printable ASCII plus newline (``scripts/make_corpus.py`` wrote them and documents the
