@@ -13,9 +13,13 @@ One concept per module:
   paper's §7 measures (subspace similarity, amplification factor).
 - ``plotting``: weight-matrix heatmaps, the LoRA decomposition as a picture, spectra, φ grids,
   accuracy against trainable parameters.
-- ``models``: a tiny transformer classifier with separate ``q_proj``/``k_proj``/``v_proj``/``out_proj``.
+- ``models``: a tiny transformer classifier and a small character GPT (``CharGPT``, causal
+  attention, ``generate``), both with separate ``q_proj``/``k_proj``/``v_proj``/``out_proj``.
 - ``data``: scikit-learn's bundled handwritten digits as tensors, and domain-shifted tasks.
-- ``training``: ``train``/``evaluate``, optimizer-state bytes, the pretrained digits classifier.
+- ``text``: two pinned text corpora (Python's docs and standard-library source), a character
+  tokenizer, a seeded split into contiguous blocks, random training windows.
+- ``training``: ``train``/``evaluate``, ``train_language_model``/``bits_per_character``,
+  optimizer-state bytes, the pretrained digits classifier, the fair learning-rate sweep.
 """
 
 from .inject import (
@@ -29,7 +33,8 @@ from .inject import (
 )
 from .data import TASKS, DigitsSplit, TaskSplit, few_label_split, load_digits_split, make_task
 from .layers import LoRALinear, LoRALinearFunction
-from .models import MLP, MultiHeadSelfAttention, TinyTransformerClassifier, TransformerBlock
+from .models import (MLP, CharGPT, MultiHeadSelfAttention, TinyTransformerClassifier, TransformerBlock,
+                     generate, generate_text)
 from .peft_format import load_peft_adapter, save_peft_adapter
 from .params import count_parameters, lora_parameter_count, print_trainable_parameters
 from .plotting import (
@@ -53,12 +58,15 @@ from .rank import (
     top_singular_vectors,
 )
 from .state import checkpoint_bytes, load_lora_state_dict, lora_state_dict
+from .text import CORPORA, CharTokenizer, TextSplit, load_corpus, sample_batch, split_text
 from .training import (
     History,
     LRSweep,
+    bits_per_character,
     evaluate,
     optimizer_state_bytes,
     pretrain_digits_classifier,
     sweep_learning_rate,
     train,
+    train_language_model,
 )

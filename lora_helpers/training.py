@@ -1,4 +1,5 @@
-"""A small, explicit training loop for classifiers, its evaluation, and what the optimizer holds."""
+"""Small, explicit training loops (classifiers; next-character language models), their
+evaluation, what the optimizer holds, and a fair learning-rate sweep."""
 
 from __future__ import annotations
 
@@ -16,18 +17,22 @@ from tqdm.auto import tqdm
 from ._checks import check_int
 from .data import DigitsSplit, load_digits_split
 from .models import TinyTransformerClassifier
+from .text import sample_batch
 
 __all__ = ["History", "LRSweep", "train", "evaluate", "optimizer_state_bytes", "pretrain_digits_classifier",
-           "sweep_learning_rate"]
+           "sweep_learning_rate", "train_language_model", "bits_per_character"]
 
 
 @dataclass
 class History:
-    """What ``train`` measured: per-epoch lists, the total wall time, and the optimizer used."""
+    """What ``train`` (per-epoch lists) or ``train_language_model`` (``loss`` per step,
+    ``val_bpc`` at the steps ``eval_steps``) measured, the total wall time, and the optimizer."""
 
     loss: list[float] = field(default_factory=list)
     train_accuracy: list[float] = field(default_factory=list)
     val_accuracy: list[float] = field(default_factory=list)
+    val_bpc: list[float] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
     seconds: float = 0.0
     optimizer: torch.optim.Optimizer | None = None
 
@@ -245,3 +250,121 @@ def sweep_learning_rate(run: Callable[[float, int], float], lrs: Sequence[float]
                 bar.update()
             scores.append(row)
     return LRSweep(lrs, seeds, scores, higher_is_better)
+
+
+def _check_ids(data: torch.Tensor, what: str) -> None:
+    if not isinstance(data, torch.Tensor) or data.dtype != torch.long or data.dim() != 1:
+        raise TypeError(f"{what} must be a 1-D torch.long tensor of token ids "
+                        f"(tokenizer.encode(text)), got {getattr(data, 'dtype', type(data).__name__)} "
+                        f"of shape {tuple(getattr(data, 'shape', ()))}")
+
+
+def _model_context(model: nn.Module, context: int | None) -> int:
+    limit = getattr(model, "context", None)
+    if context is None:
+        if limit is None:
+            raise ValueError("pass context=..., the window length (the model has no .context)")
+        return limit
+    context = check_int(context, "context")
+    if limit is not None and context > limit:
+        raise ValueError(f"context={context} is longer than the model's context {limit}; "
+                         f"use context <= {limit}")
+    return context
+
+
+@torch.no_grad()
+def bits_per_character(model: nn.Module, data: torch.Tensor, *, context: int | None = None,
+                       batch_size: int = 256) -> float:
+    """Cross-entropy of next-character prediction on ``data``, in bits per character.
+
+    ``data`` (token ids ``(n,)``) is cut into ``w = (n - 1) // context`` non-overlapping windows
+    of ``context`` inputs; every character from position 1 to ``w · context`` is predicted once,
+    from the characters before it in its window (so early positions of a window see little
+    context, as in training). The last ``n - 1 - w · context`` characters are not scored. The
+    value is ``mean(-log2 p(next character))``: 0 for a perfect model, ``log2(vocab_size)`` for
+    a uniform guess. The model's train/eval mode is restored.
+
+    Args:
+        model: maps ids ``(b, T)`` to logits ``(b, T, vocab)``.
+        data: held-out token ids ``(n,)``, ``torch.long``.
+        context: window length; defaults to ``model.context``.
+        batch_size: windows per forward pass (memory only; the value does not depend on it
+            beyond float rounding).
+    """
+    _check_ids(data, "data")
+    context = _model_context(model, context)
+    batch_size = check_int(batch_size, "batch_size")
+    n_windows = (len(data) - 1) // context
+    if n_windows < 1:
+        raise ValueError(f"data has {len(data)} tokens: need at least context + 1 = {context + 1}")
+    x = data[:n_windows * context].view(n_windows, context)  # (w, T)
+    y = data[1:n_windows * context + 1].view(n_windows, context)  # (w, T), x shifted by one
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for i in range(0, n_windows, batch_size):
+        logits = model(x[i:i + batch_size])  # (b, T, vocab)
+        total += nn.functional.cross_entropy(logits.flatten(0, 1), y[i:i + batch_size].flatten(),
+                                             reduction="sum").item()  # nats
+    model.train(was_training)
+    return total / (n_windows * context) / math.log(2)  # nats per character -> bits
+
+
+def train_language_model(model: nn.Module, data: torch.Tensor, *, steps: int, lr: float,
+                         batch_size: int = 32, context: int | None = None,
+                         weight_decay: float = 0.0, seed: int = 0,
+                         val_data: torch.Tensor | None = None, eval_every: int | None = None,
+                         progress: bool = True, desc: str = "steps") -> History:
+    """Train a next-character model with AdamW on random windows of ``data``.
+
+    Each step draws ``batch_size`` windows of ``context`` characters (``sample_batch``, seeded
+    by ``seed``) and minimises the cross-entropy of predicting every next character. Only the
+    parameters that require grad are trained (so a LoRA model trains only A and B).
+
+    Args:
+        model: maps ids ``(b, T)`` to logits ``(b, T, vocab)`` (e.g. ``CharGPT``).
+        data: training token ids ``(n,)``, ``torch.long``.
+        steps, lr, batch_size, weight_decay: the usual; constant learning rate.
+        context: window length, defaults to ``model.context``.
+        seed: seeds the windows (dropout and initialisation use the global RNG).
+        val_data: held-out ids, scored with ``bits_per_character`` every ``eval_every`` steps
+            and after the last step (``eval_every=None``: only after the last step).
+        progress: a ``tqdm.auto`` bar over the steps.
+    Returns:
+        a ``History`` with the training loss of every step (nats per character), and
+        ``val_bpc`` at ``eval_steps``; the model is left in eval mode.
+    """
+    _check_ids(data, "training data")
+    if val_data is not None:
+        _check_ids(val_data, "val_data")
+    steps, batch_size = check_int(steps, "steps"), check_int(batch_size, "batch_size")
+    context = _model_context(model, context)
+    if eval_every is not None:
+        eval_every = check_int(eval_every, "eval_every")
+        if val_data is None:
+            raise ValueError("eval_every needs val_data to evaluate on")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ValueError(f"lr must be a number > 0, got {lr!r}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("no parameter requires grad: nothing to train (did you freeze everything?)")
+
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    history = History(optimizer=optimizer)
+    start = time.perf_counter()
+    model.train()
+    for step in tqdm(range(1, steps + 1), desc=desc, disable=not _show_progress(progress), leave=False):
+        x, y = sample_batch(data, context, batch_size, generator)  # (B, T), (B, T)
+        logits = model(x)  # (B, T, vocab)
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        history.loss.append(loss.item())
+        if val_data is not None and (step == steps or (eval_every and step % eval_every == 0)):
+            history.val_bpc.append(bits_per_character(model, val_data, context=context))
+            history.eval_steps.append(step)
+    model.eval()
+    history.seconds = time.perf_counter() - start
+    return history
