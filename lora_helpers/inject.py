@@ -59,6 +59,7 @@ def apply_lora(
     lora_dropout: float = 0.0,
     use_rslora: bool = False,
     init_lora_weights: bool | str = True,
+    use_dora: bool = False,
 ) -> nn.Module:
     """Replace the targeted ``nn.Linear`` layers by ``LoRALinear`` and freeze everything else.
 
@@ -69,7 +70,8 @@ def apply_lora(
     Args:
         model: any ``nn.Module``.
         target_modules: one module name or several, matched by PEFT's suffix rule.
-        r, lora_alpha, lora_dropout, use_rslora, init_lora_weights: as in ``LoRALinear``.
+        r, lora_alpha, lora_dropout, use_rslora, init_lora_weights, use_dora: as in
+            ``LoRALinear``.
     """
     if isinstance(target_modules, str):
         targets = [target_modules]
@@ -109,7 +111,7 @@ def apply_lora(
     try:  # LoRALinear may refuse an argument (e.g. r too large) after freezing earlier bases
         wrapped = {name: LoRALinear(model.get_submodule(name), r=r, lora_alpha=lora_alpha,
                                     lora_dropout=lora_dropout, use_rslora=use_rslora,
-                                    init_lora_weights=init_lora_weights)
+                                    init_lora_weights=init_lora_weights, use_dora=use_dora)
                    for name in chosen}
     except (TypeError, ValueError):
         for p, flag in flags.items():
@@ -122,7 +124,7 @@ def apply_lora(
 
 
 def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> None:
-    """Freeze every parameter except LoRA's ``lora_A`` and ``lora_B``.
+    """Freeze every parameter except LoRA's ``lora_A`` and ``lora_B`` (and DoRA's magnitude).
 
     Args:
         bias: ``"none"`` keeps every bias frozen; ``"all"`` trains every bias in the model;
@@ -135,6 +137,8 @@ def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> None:
     for _, layer in layers:
         layer.lora_A.requires_grad_(True)
         layer.lora_B.requires_grad_(True)
+        if layer.use_dora:
+            layer.lora_magnitude_vector.requires_grad_(True)
         if bias == "lora_only" and layer.base.bias is not None:
             layer.base.bias.requires_grad_(True)
     if bias == "all":
