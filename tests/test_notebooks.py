@@ -17,6 +17,7 @@ EXPECTED = [
     "04_visualization.ipynb",
     "05_applications.ipynb",
     "06_understanding_low_rank_updates.ipynb",
+    "08_lora_variants.ipynb",
 ]
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 MAX_BYTES = 1_500_000       # one notebook
