@@ -108,6 +108,9 @@ def apply_lora(
                          f"its linear layers are: {linear_names}")
 
     flags = {p: p.requires_grad for p in model.parameters()}
+    # PiSSA writes its residual into each base weight: keep the originals until all layers are built
+    originals = ({name: model.get_submodule(name).weight.detach().clone() for name in chosen}
+                 if init_lora_weights == "pissa" else {})
     try:  # LoRALinear may refuse an argument (e.g. r too large) after freezing earlier bases
         wrapped = {name: LoRALinear(model.get_submodule(name), r=r, lora_alpha=lora_alpha,
                                     lora_dropout=lora_dropout, use_rslora=use_rslora,
@@ -116,6 +119,9 @@ def apply_lora(
     except (TypeError, ValueError):
         for p, flag in flags.items():
             p.requires_grad_(flag)
+        with torch.no_grad():
+            for name, weight in originals.items():
+                model.get_submodule(name).weight.copy_(weight)
         raise
     for name, layer in wrapped.items():
         _set_submodule(model, name, layer)

@@ -84,3 +84,17 @@ def test_pissa_equals_peft(use_rslora):
     torch.testing.assert_close(ours.lora_A, theirs.lora_A["default"].weight)
     torch.testing.assert_close(ours.lora_B, theirs.lora_B["default"].weight)
     torch.testing.assert_close(ours.base.weight, theirs.base_layer.weight)
+
+
+def test_apply_lora_with_pissa_leaves_the_model_unchanged_when_a_layer_is_refused():
+    from lora_helpers import TinyTransformerClassifier, apply_lora
+    torch.manual_seed(0)
+    model = TinyTransformerClassifier(d_model=16, n_heads=2, n_layers=2)
+    with torch.no_grad():  # the second block's v_proj gets rank 1: PiSSA at r=2 is refused there
+        model.blocks[1].attn.v_proj.weight.copy_(torch.randn(16, 1) @ torch.randn(1, 16))
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match="numerical rank 1"):
+        apply_lora(model, ["q_proj", "v_proj"], r=2, init_lora_weights="pissa")
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.requires_grad for p in model.parameters())
