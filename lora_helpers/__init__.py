@@ -2,8 +2,10 @@
 
 One concept per module:
 
-- ``layers``: ``LoRALinear``, the LoRA layer, and ``LoRALinearFunction``, its forward and
-  hand-written backward pass.
+- ``layers``: ``LoRALinear``, the LoRA layer (with rsLoRA, DoRA and PiSSA as options), and
+  ``LoRALinearFunction``, its forward and hand-written backward pass.
+- ``dora``: DoRA's row norms without the ``(out, in)`` matrix, and its forward/backward pass.
+- ``optimizers``: ``create_loraplus_optimizer`` (LoRA+: a larger learning rate for B).
 - ``inject``: ``apply_lora`` and friends: put LoRA into a model by name, freeze, merge, unload.
 - ``state``: adapter-only checkpoints.
 - ``peft_format``: Hugging Face PEFT's adapter files (``adapter_config.json`` +
@@ -32,9 +34,11 @@ from .inject import (
     unmerge_lora,
 )
 from .data import TASKS, DigitsSplit, TaskSplit, few_label_split, load_digits_split, make_task
+from .dora import DoRALinearFunction
 from .layers import LoRALinear, LoRALinearFunction
 from .models import (MLP, CharGPT, MultiHeadSelfAttention, TinyTransformerClassifier, TransformerBlock,
                      generate, generate_text)
+from .optimizers import create_loraplus_optimizer
 from .peft_format import load_peft_adapter, save_peft_adapter
 from .params import count_parameters, lora_parameter_count, print_trainable_parameters
 from .plotting import (

@@ -59,6 +59,7 @@ def apply_lora(
     lora_dropout: float = 0.0,
     use_rslora: bool = False,
     init_lora_weights: bool | str = True,
+    use_dora: bool = False,
 ) -> nn.Module:
     """Replace the targeted ``nn.Linear`` layers by ``LoRALinear`` and freeze everything else.
 
@@ -69,7 +70,8 @@ def apply_lora(
     Args:
         model: any ``nn.Module``.
         target_modules: one module name or several, matched by PEFT's suffix rule.
-        r, lora_alpha, lora_dropout, use_rslora, init_lora_weights: as in ``LoRALinear``.
+        r, lora_alpha, lora_dropout, use_rslora, init_lora_weights, use_dora: as in
+            ``LoRALinear``.
     """
     if isinstance(target_modules, str):
         targets = [target_modules]
@@ -116,14 +118,20 @@ def apply_lora(
                          f"its linear layers are: {linear_names}")
 
     flags = {p: p.requires_grad for p in model.parameters()}
+    # PiSSA writes its residual into each base weight: keep the originals until all layers are built
+    originals = ({name: model.get_submodule(name).weight.detach().clone() for name in chosen}
+                 if init_lora_weights == "pissa" else {})
     try:  # LoRALinear may refuse an argument (e.g. r too large) after freezing earlier bases
         wrapped = {name: LoRALinear(model.get_submodule(name), r=r, lora_alpha=lora_alpha,
                                     lora_dropout=lora_dropout, use_rslora=use_rslora,
-                                    init_lora_weights=init_lora_weights)
+                                    init_lora_weights=init_lora_weights, use_dora=use_dora)
                    for name in chosen}
     except (TypeError, ValueError):
         for p, flag in flags.items():
             p.requires_grad_(flag)
+        with torch.no_grad():
+            for name, weight in originals.items():
+                model.get_submodule(name).weight.copy_(weight)
         raise
     for name, layer in wrapped.items():
         _set_submodule(model, name, layer)
@@ -132,7 +140,7 @@ def apply_lora(
 
 
 def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> None:
-    """Freeze every parameter except LoRA's ``lora_A`` and ``lora_B``.
+    """Freeze every parameter except LoRA's ``lora_A`` and ``lora_B`` (and DoRA's magnitude).
 
     Args:
         bias: ``"none"`` keeps every bias frozen; ``"all"`` trains every bias in the model;
@@ -145,6 +153,8 @@ def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> None:
     for _, layer in layers:
         layer.lora_A.requires_grad_(True)
         layer.lora_B.requires_grad_(True)
+        if layer.use_dora:
+            layer.lora_magnitude_vector.requires_grad_(True)
         if bias == "lora_only" and layer.base.bias is not None:
             layer.base.bias.requires_grad_(True)
     if bias == "all":

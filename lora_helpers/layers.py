@@ -9,6 +9,9 @@ LoRA (Hu et al. 2021, arXiv 2106.09685, §4.1) keeps the pretrained weight ``W0`
 The layer *wraps* the base ``nn.Linear`` (it does not copy it), so ``layer.base`` is the very
 module that was passed in. Merging (``merge()``) adds ``ΔW`` into ``base.weight`` explicitly; it
 never happens as a side effect of ``train()`` or ``eval()``.
+
+Two variants live here as options, as in PEFT: DoRA (``use_dora=True``; its arithmetic is in
+``dora.py``) and PiSSA (``init_lora_weights="pissa"``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 from torch import nn
 
 from ._checks import check_int
+from .dora import DoRALinearFunction, weight_norm
 
 __all__ = ["LoRALinear", "LoRALinearFunction"]
 
@@ -120,7 +124,12 @@ class LoRALinear(nn.Module):
         use_rslora: if True, ``scaling = lora_alpha / sqrt(r)`` (rsLoRA, arXiv 2312.03732).
         init_lora_weights: ``True``: A ~ kaiming_uniform(a=sqrt(5)), i.e. U(±1/sqrt(in_features)),
             and B = 0 (loralib and PEFT default); ``"gaussian"``: A ~ N(0, std=1/r), B = 0 (as
-            PEFT's "gaussian"); ``False``: A and B both random (ΔW ≠ 0; for tests, as in PEFT).
+            PEFT's "gaussian"); ``False``: A and B both random (ΔW ≠ 0; for tests, as in PEFT);
+            ``"pissa"``: PiSSA (Meng et al. 2024, arXiv 2404.02948), see ``reset_lora_parameters``.
+        use_dora: if True, DoRA (Liu et al. 2024, arXiv 2402.09353): a trainable magnitude
+            ``lora_magnitude_vector`` of shape ``(out_features,)``, initialised to the row norms of
+            ``W0 + ΔW``, and the output ``m ⊙ (W0 + ΔW) x / ‖W0 + ΔW‖_row + bias``, the norm
+            detached from the gradient (the paper's §4.3). See ``lora_helpers.dora``.
 
     Shapes:
         input ``(..., in_features)`` → output ``(..., out_features)``; any leading dims.
@@ -134,6 +143,7 @@ class LoRALinear(nn.Module):
         lora_dropout: float = 0.0,
         use_rslora: bool = False,
         init_lora_weights: bool | str = True,
+        use_dora: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(base, LoRALinear):
@@ -159,9 +169,11 @@ class LoRALinear(nn.Module):
             raise ValueError(f"lora_dropout must be in [0, 1), got {lora_dropout}; "
                              "use 0.0 for no dropout")
         if init_lora_weights is not True and init_lora_weights is not False \
-                and init_lora_weights != "gaussian":
-            raise ValueError(f"init_lora_weights must be True, False or 'gaussian', "
+                and init_lora_weights not in ("gaussian", "pissa"):
+            raise ValueError(f"init_lora_weights must be True, False, 'gaussian' or 'pissa', "
                              f"got {init_lora_weights!r}")
+        if not isinstance(use_dora, bool):
+            raise TypeError(f"use_dora must be True or False, got {use_dora!r}")
 
         self.base = base
         self.base.requires_grad_(False)  # W0 (and bias) stay frozen
@@ -177,15 +189,46 @@ class LoRALinear(nn.Module):
         self.lora_B = nn.Parameter(torch.empty(self.out_features, r, **factory))  # (out, r)
         self.merged = False
         self.disabled = False  # set by lora_helpers.disable_lora
+        self.use_dora = use_dora
+        if use_dora:  # DoRA's magnitude m: (out,), set by reset_lora_parameters
+            self.lora_magnitude_vector = nn.Parameter(torch.empty(self.out_features, **factory))
+        else:
+            self.register_parameter("lora_magnitude_vector", None)
+        self._w0_sq_norm: tuple[torch.Tensor, int, torch.Tensor] | None = None  # DoRA's cache
         self.reset_lora_parameters(init_lora_weights)
 
     @torch.no_grad()
     def reset_lora_parameters(self, init_lora_weights: bool | str = True) -> None:
-        """(Re)initialise A and B as described in the class docstring.
+        """(Re)initialise A and B (and DoRA's magnitude) as described in the class docstring.
 
         Sampling happens in float32 and is then cast, so fp16/bf16 layers get the same
         distribution as fp32 ones.
+
+        ``"pissa"`` (as PEFT): with the SVD ``W0 = U S Vᵀ`` (computed in float32, or float64 for
+        a float64 layer), ``A = diag(√(S_r/s)) V_rᵀ`` and ``B = U_r diag(√(S_r/s))``, so that
+        ``s·BA = U_r S_r V_rᵀ``, the best rank-r approximation of ``W0`` (Eckart–Young), and
+        ``base.weight`` becomes the residual ``W0 - s·BA``: the output is unchanged. This
+        changes ``base.weight`` in place (the layer wraps its base, it does not copy it).
+
+        With DoRA, the magnitude is then set to the row norms of ``W0 + s·BA``.
         """
+        if self.merged:
+            raise ValueError("cannot re-initialise a merged layer (its update is inside "
+                             "base.weight); call unmerge() first")
+        if init_lora_weights == "pissa":
+            self._pissa_init()
+        else:
+            self._random_init(init_lora_weights)
+        if self.use_dora:
+            norm = self.dora_weight_norm()  # (out,)
+            if not (norm > 0).all():
+                rows = (norm <= 0).nonzero().flatten().tolist()[:10]
+                raise ValueError(f"DoRA needs a nonzero norm for every output feature, but rows "
+                                 f"{rows} of W0 + ΔW are zero (m / ‖W0 + ΔW‖ would be 0/0); "
+                                 "use plain LoRA (use_dora=False) for this layer")
+            self.lora_magnitude_vector.copy_(norm)
+
+    def _random_init(self, init_lora_weights: bool | str) -> None:
         a = torch.empty(self.lora_A.shape, device=self.lora_A.device)  # (r, in), float32
         b = torch.zeros(self.lora_B.shape, device=self.lora_B.device)  # (out, r), float32
         if init_lora_weights == "gaussian":
@@ -197,9 +240,58 @@ class LoRALinear(nn.Module):
         self.lora_A.copy_(a)
         self.lora_B.copy_(b)
 
+    def _pissa_init(self) -> None:
+        weight = self.base.weight  # (out, in)
+        if weight.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise TypeError(f"PiSSA needs a floating-point weight, got {weight.dtype}; "
+                            "initialise in float32 and quantize the residual afterwards")
+        work = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        w = weight.to(work)  # (out, in)
+        u, s_vals, vh = torch.linalg.svd(w, full_matrices=False)  # (out, k), (k,), (k, in)
+        tol = max(w.shape) * torch.finfo(work).eps * s_vals[0]
+        rank = int((s_vals > tol).sum())
+        if rank < self.r:
+            raise ValueError(
+                f"PiSSA with r={self.r} needs a weight of rank >= {self.r}, but W0 has numerical "
+                f"rank {rank}: the missing directions would put zero rows in both A and B, which "
+                f"never train; use r <= {rank} or another init_lora_weights")
+        sr = s_vals[:self.r] / self.scaling  # (r,): s·BA must equal U_r S_r V_r^T
+        lora_A = torch.diag(torch.sqrt(sr)) @ vh[:self.r]  # (r, r) @ (r, in) -> (r, in)
+        lora_B = u[:, :self.r] @ torch.diag(torch.sqrt(sr))  # (out, r) @ (r, r) -> (out, r)
+        self.lora_A.copy_(lora_A)
+        self.lora_B.copy_(lora_B)
+        weight.copy_(w - self.scaling * lora_B @ lora_A)  # residual W0 - s·BA: (out, in)
+
+    def dora_weight_norm(self) -> torch.Tensor:
+        """DoRA's ``‖W0 + s·B A‖`` per output feature, ``(out_features,)``, without gradient.
+
+        Computed from small products (``lora_helpers.dora.weight_norm``), with ``‖W0_i‖²``
+        cached until ``base.weight`` changes (a new tensor or an in-place update). Only for an
+        unmerged layer: merged, ``base.weight`` is not ``W0``.
+        """
+        weight = self.base.weight  # (out, in)
+        cache = self._w0_sq_norm
+        if cache is None or cache[0] is not weight or cache[1] != weight._version:
+            with torch.no_grad():
+                sq = weight.to(torch.promote_types(weight.dtype, torch.float32)).pow(2).sum(1)
+            cache = self._w0_sq_norm = (weight, weight._version, sq)  # (out,)
+        return weight_norm(weight, self.lora_A, self.lora_B, self.scaling, cache[2])
+
     def delta_weight(self) -> torch.Tensor:
-        """Return ``ΔW = scaling · B @ A``, shape ``(out_features, in_features)``."""
-        return (self.lora_B @ self.lora_A) * self.scaling  # (out, r) @ (r, in) -> (out, in)
+        """Return ``ΔW``, shape ``(out_features, in_features)``: what ``merge()`` adds to W0.
+
+        LoRA: ``scaling · B @ A``. DoRA: ``m / ‖W0 + s·BA‖_row ⊙ (W0 + s·BA) - W0``, which
+        depends on ``W0`` (while merged, on the ``W0`` that ``unmerge()`` would restore).
+        """
+        lora = (self.lora_B @ self.lora_A) * self.scaling  # (out, r) @ (r, in) -> (out, in)
+        if not self.use_dora:
+            return lora
+        w0 = self.base.weight  # (out, in)
+        if self.merged:
+            w0 = w0 / self._dora_factor[:, None] - lora  # undo the merge: W0 = W'/c - s·BA
+        adapted = w0 + lora  # (out, in)
+        norm = torch.linalg.norm(adapted, dim=1).detach()  # (out,)
+        return (self.lora_magnitude_vector / norm)[:, None] * adapted - w0  # (out, in)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``base(x) + scaling · (dropout(x) @ A^T) @ B^T``; never forms ``B @ A``.
@@ -218,14 +310,21 @@ class LoRALinear(nn.Module):
         hooked = bool(base._forward_hooks or base._forward_pre_hooks)
         if self.merged or self.disabled or hooked or type(base).forward is not nn.Linear.forward:
             return self.forward_autograd(x)
+        if self.use_dora and self.training and isinstance(self.lora_dropout, nn.Dropout):
+            return self.forward_autograd(x)  # DoRA with active dropout: PEFT's formula, by autograd
         self._check_input(x)
         # 2-D inputs go in as they are: a reshape would be a view, and a leaf input would have to
         # copy its gradient, a measurable cost in the benchmark.
         x2d = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # (n, in)
         dropped = self.lora_dropout(x2d)  # (n, in); the same tensor object when there is no dropout
-        out, _ = LoRALinearFunction.apply(  # (n, out), and H: (n, r)
-            x2d, None if dropped is x2d else dropped, base.weight, base.bias,
-            self.lora_A, self.lora_B, self.scaling)
+        if self.use_dora:  # no dropout here (see above)
+            out, _, _ = DoRALinearFunction.apply(  # (n, out)
+                x2d, base.weight, base.bias, self.lora_A, self.lora_B, self.scaling,
+                self.lora_magnitude_vector, self.dora_weight_norm())
+        else:
+            out, _ = LoRALinearFunction.apply(  # (n, out), and H: (n, r)
+                x2d, None if dropped is x2d else dropped, base.weight, base.bias,
+                self.lora_A, self.lora_B, self.scaling)
         return out if x.dim() == 2 else out.view(*x.shape[:-1], self.out_features)  # (..., out)
 
     def forward_autograd(self, x: torch.Tensor) -> torch.Tensor:
@@ -242,7 +341,15 @@ class LoRALinear(nn.Module):
         result = self.base(x)  # (..., out)
         if self.merged or self.disabled:
             return result
-        h = self.lora_dropout(x) @ self.lora_A.T  # (..., in) @ (in, r) -> (..., r)
+        dropped = self.lora_dropout(x)  # (..., in)
+        if self.use_dora:
+            # PEFT's form: base(x) + (c - 1) ⊙ W0 x_d + c ⊙ s·B A x_d, with c = m / ‖W0 + s·BA‖
+            # (norm detached). Without dropout (x_d = x) it is c ⊙ (W0 + s·BA) x + bias.
+            c = self.lora_magnitude_vector / self.dora_weight_norm()  # (out,)
+            lora = (dropped @ self.lora_A.T) @ self.lora_B.T  # (..., r) -> (..., out)
+            base_d = nn.functional.linear(dropped, self.base.weight)  # (..., out), no bias
+            return result + (c - 1) * base_d + (c * self.scaling) * lora  # (..., out)
+        h = dropped @ self.lora_A.T  # (..., in) @ (in, r) -> (..., r)
         # result + scaling · h @ B^T in one fused call, on 2-D views: (n, out) + (n, r) @ (r, out)
         out = torch.addmm(result.reshape(-1, self.out_features), h.reshape(-1, self.r),
                           self.lora_B.T, alpha=self.scaling)  # (n, out)
@@ -261,7 +368,9 @@ class LoRALinear(nn.Module):
         """Add ``ΔW`` into ``base.weight`` so that ``forward`` is just ``base(x)``.
 
         Merging twice warns and changes nothing (as PEFT). A non-finite ``ΔW`` (NaN/inf) is
-        refused with a ``ValueError`` and ``base.weight`` is left untouched.
+        refused with a ``ValueError`` and ``base.weight`` is left untouched. DoRA: the weight
+        becomes ``c ⊙ (W0 + s·BA)`` with ``c = m / ‖W0 + s·BA‖_row``, and ``c`` is kept so that
+        ``unmerge()`` can divide it out again.
         """
         if self.merged:
             warnings.warn("LoRALinear is already merged; nothing to do", stacklevel=2)
@@ -270,7 +379,13 @@ class LoRALinear(nn.Module):
         if not torch.isfinite(delta).all():
             raise ValueError("refusing to merge: the LoRA update contains NaN or inf "
                              "(check the learning rate / training); base.weight is untouched")
-        self.base.weight += delta.to(self.base.weight.dtype)
+        if self.use_dora:
+            lora = (self.lora_B @ self.lora_A) * self.scaling  # (out, in)
+            adapted = self.base.weight + lora  # W0 + s·BA: (out, in)
+            self._dora_factor = self.lora_magnitude_vector / torch.linalg.norm(adapted, dim=1)
+            self.base.weight.copy_(self._dora_factor[:, None] * adapted)  # (out, 1) ⊙ (out, in)
+        else:
+            self.base.weight += delta.to(self.base.weight.dtype)
         self.merged = True
 
     @torch.no_grad()
@@ -279,9 +394,14 @@ class LoRALinear(nn.Module):
         if not self.merged:
             warnings.warn("LoRALinear is not merged; nothing to unmerge", stacklevel=2)
             return
-        self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
+        if self.use_dora:  # W0 = W' / c - s·BA, with the c of merge()
+            lora = (self.lora_B @ self.lora_A) * self.scaling  # (out, in)
+            self.base.weight.copy_(self.base.weight / self._dora_factor[:, None] - lora)
+        else:
+            self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
         self.merged = False
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, "
-                f"lora_alpha={self.lora_alpha}, scaling={self.scaling:g}, merged={self.merged}")
+                f"lora_alpha={self.lora_alpha}, scaling={self.scaling:g}, merged={self.merged}"
+                + (", use_dora=True" if self.use_dora else ""))

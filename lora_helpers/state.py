@@ -16,7 +16,8 @@ __all__ = ["lora_state_dict", "load_lora_state_dict", "checkpoint_bytes"]
 def _adapter_parameters(model: nn.Module, bias: str) -> dict[str, nn.Parameter]:
     """The parameters an adapter file holds, keyed like ``model.state_dict()``.
 
-    Always ``"<path>.lora_A"`` and ``"<path>.lora_B"``; with ``bias="lora_only"`` also the biases
+    Always ``"<path>.lora_A"`` and ``"<path>.lora_B"``; for DoRA layers also
+    ``"<path>.lora_magnitude_vector"`` (PEFT's name); with ``bias="lora_only"`` also the biases
     of the adapted layers (``"<path>.base.bias"``); with ``bias="all"`` every bias in the model
     (loralib's modes, matching ``mark_only_lora_as_trainable``).
     """
@@ -27,6 +28,8 @@ def _adapter_parameters(model: nn.Module, bias: str) -> dict[str, nn.Parameter]:
         prefix = f"{name}." if name else ""
         params[prefix + "lora_A"] = layer.lora_A  # (r, in)
         params[prefix + "lora_B"] = layer.lora_B  # (out, r)
+        if layer.use_dora:
+            params[prefix + "lora_magnitude_vector"] = layer.lora_magnitude_vector  # (out,)
         if bias == "lora_only" and layer.base.bias is not None:
             params[prefix + "base.bias"] = layer.base.bias  # (out,)
     if bias == "all":
@@ -39,7 +42,8 @@ def lora_state_dict(model: nn.Module, bias: str = "none") -> dict[str, torch.Ten
     """Return only the adapter's tensors, keyed like ``model.state_dict()``.
 
     Keys are ``"<module path>.lora_A"`` (shape ``(r, in)``) and ``"<module path>.lora_B"``
-    (shape ``(out, r)``), plus biases if you trained them (``bias="lora_only"`` or ``"all"``, as
+    (shape ``(out, r)``), DoRA's ``"<module path>.lora_magnitude_vector"`` (shape ``(out,)``),
+    plus biases if you trained them (``bias="lora_only"`` or ``"all"``, as
     in ``mark_only_lora_as_trainable``). Values are detached *copies*, so training on afterwards
     does not change a saved adapter (handy for keeping several adapters in memory).
     """
@@ -57,6 +61,14 @@ def load_lora_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor
     params = _adapter_parameters(model, bias)
     missing = sorted(set(params) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(params))
+    magnitude = "lora_magnitude_vector"
+    if any(k.endswith(magnitude) for k in unexpected):
+        raise ValueError(f"this is a DoRA adapter (it has {[k for k in unexpected if k.endswith(magnitude)]}) "
+                         "but the model's LoRA layers are plain LoRA; apply_lora(model, ..., "
+                         "use_dora=True) before loading it")
+    if missing and all(k.endswith(magnitude) for k in missing):
+        raise ValueError(f"the model's layers use DoRA but the adapter has no {missing}: it is a "
+                         "plain LoRA adapter; load it into a model built with use_dora=False")
     if missing or unexpected:
         raise ValueError(f"adapter keys do not match the model: missing {missing}, "
                          f"unexpected {unexpected}; was it saved from a model with the same "

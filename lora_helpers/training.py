@@ -58,9 +58,9 @@ def _check_data(x: torch.Tensor, y: torch.Tensor, what: str) -> None:
 
 
 def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, *, epochs: int,
-          lr: float, batch_size: int = 64, weight_decay: float = 0.0, seed: int = 0,
+          lr: float | None, batch_size: int = 64, weight_decay: float = 0.0, seed: int = 0,
           x_val: torch.Tensor | None = None, y_val: torch.Tensor | None = None,
-          progress: bool = True) -> History:
+          progress: bool = True, optimizer: torch.optim.Optimizer | None = None) -> History:
     """Train ``model`` with AdamW and cross-entropy on the parameters that require grad.
 
     Args:
@@ -70,6 +70,9 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, *, epo
             ``torch.manual_seed`` for a fully reproducible run).
         x_val, y_val: optional validation data, evaluated after every epoch.
         progress: show a ``tqdm.auto`` progress bar over epochs.
+        optimizer: an optimizer to use instead of ``AdamW(lr, weight_decay)``, e.g. LoRA+'s
+            (``create_loraplus_optimizer``); it must hold exactly the parameters that require
+            grad, and then ``lr`` must be ``None`` (the optimizer carries its learning rates).
     Returns:
         a ``History``; the model is trained in place and left in eval mode.
     """
@@ -79,13 +82,20 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, *, epo
     if x_val is not None:
         _check_data(x_val, y_val, "validation data")
     epochs, batch_size = check_int(epochs, "epochs"), check_int(batch_size, "batch_size")
-    if not lr > 0:
+    if optimizer is None and not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
+    if optimizer is not None and lr is not None:
+        raise ValueError(f"pass lr=None with optimizer=...: the optimizer's own learning rates "
+                         f"are used, so lr={lr!r} would be ignored")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("no parameter requires grad: nothing to train (did you freeze everything?)")
 
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if optimizer is None:
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    elif {id(p) for g in optimizer.param_groups for p in g["params"]} != {id(p) for p in params}:
+        raise ValueError("the optimizer must hold exactly the model's parameters that require "
+                         "grad; build it after freezing (e.g. after apply_lora)")
     generator = torch.Generator().manual_seed(seed)
     history = History(optimizer=optimizer)
     start = time.perf_counter()

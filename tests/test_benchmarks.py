@@ -32,3 +32,15 @@ def test_bench_vs_peft_explains_a_missing_peft():
     else:
         result = run("bench_vs_peft.py")
         assert result.returncode != 0 and "pip install peft" in result.stderr
+
+
+def test_bench_dora_runs_and_prints_every_ratio():
+    result = run("bench_dora.py", "--d", "32", "--r", "4", "--batch", "8", "--repeats", "3")
+    assert result.returncode == 0, result.stderr
+    ratios = {line.rsplit(None, 1)[0].strip(): float(line.rsplit(None, 1)[1])
+              for line in result.stdout.splitlines() if line.startswith("  ")}
+    expected = {"DoRA / LoRA", "DoRA / nn.Linear", "LoRA / nn.Linear"}
+    if importlib.util.find_spec("peft") is not None:
+        expected |= {"DoRA / PEFT's DoRA   (target <= 0.6)", "PEFT's DoRA / nn.Linear"}
+    assert expected <= set(ratios), result.stdout
+    assert all(value > 0 for value in ratios.values())

@@ -194,7 +194,7 @@ def test_half_precision_bases(dtype):
     ({"lora_alpha": "8"}, TypeError, "lora_alpha must be a positive number"),
     ({"lora_dropout": 1.0}, ValueError, r"lora_dropout must be in \[0, 1\)"),
     ({"lora_dropout": -0.1}, ValueError, r"lora_dropout must be in \[0, 1\)"),
-    ({"init_lora_weights": "kaiming"}, ValueError, "init_lora_weights must be True, False or 'gaussian'"),
+    ({"init_lora_weights": "kaiming"}, ValueError, "init_lora_weights must be True, False, 'gaussian' or 'pissa'"),
     ({"init_lora_weights": 1}, ValueError, "init_lora_weights must be"),
 ])
 def test_bad_arguments(kwargs, exc, match):

@@ -18,6 +18,7 @@ EXPECTED = [
     "05_applications.ipynb",
     "06_understanding_low_rank_updates.ipynb",
     "07_lora_on_a_language_model.ipynb",
+    "08_lora_variants.ipynb",
     "09_peft_and_scaling.ipynb",
 ]
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))

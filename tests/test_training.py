@@ -223,3 +223,24 @@ def test_language_model_functions_refuse_bad_input():
     model.requires_grad_(False)
     with pytest.raises(ValueError, match="nothing to train"):
         train_language_model(model, data, steps=1, lr=1e-3)
+def test_train_with_a_given_optimizer_equals_the_built_in_adamw(data):
+    x, y, *_ = data
+    built_in = apply_lora(small_model(), ["q_proj"], r=2)
+    given = copy.deepcopy(built_in)
+    train(built_in, x, y, epochs=1, lr=1e-2, progress=False)
+    adamw = torch.optim.AdamW([p for p in given.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
+    history = train(given, x, y, epochs=1, lr=None, optimizer=adamw, progress=False)
+    assert history.optimizer is adamw
+    for p, q in zip(built_in.parameters(), given.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_train_with_optimizer_refuses_lr_and_foreign_parameters(data):
+    x, y, *_ = data
+    model = apply_lora(small_model(), ["q_proj"], r=2)
+    adamw = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    with pytest.raises(ValueError, match="lr=None"):
+        train(model, x, y, epochs=1, lr=1e-3, optimizer=adamw, progress=False)
+    with pytest.raises(ValueError, match="exactly the model's parameters"):
+        train(model, x, y, epochs=1, lr=None, optimizer=torch.optim.AdamW(nn.Linear(2, 2).parameters()),
+              progress=False)
