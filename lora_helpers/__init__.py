@@ -13,6 +13,8 @@ One concept per module:
   accuracy against trainable parameters.
 - ``models``: a tiny transformer classifier with separate ``q_proj``/``k_proj``/``v_proj``/``out_proj``.
 - ``data``: scikit-learn's bundled handwritten digits as tensors, and domain-shifted tasks.
+- ``quantization``: QLoRA's 4-bit NormalFloat (NF4): ``quantize_nf4``, ``NF4Linear``,
+  ``quantize_model``.
 - ``training``: ``train``/``evaluate``, optimizer-state bytes, the pretrained digits classifier.
 """
 
@@ -48,6 +50,15 @@ from .rank import (
     subspace_similarity,
     subspace_similarity_grid,
     top_singular_vectors,
+)
+from .quantization import (
+    NF4_LEVELS,
+    NF4Linear,
+    NF4Tensor,
+    dequantize_model,
+    nf4_levels,
+    quantize_model,
+    quantize_nf4,
 )
 from .state import checkpoint_bytes, load_lora_state_dict, lora_state_dict
 from .training import (
