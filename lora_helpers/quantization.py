@@ -69,6 +69,9 @@ def nf4_levels() -> torch.Tensor:
 NF4_LEVELS: torch.Tensor = nf4_levels()
 """The 16 NF4 levels (float32, sorted): code ``i`` stands for ``NF4_LEVELS[i] · absmax``."""
 
+_BYTES = torch.arange(256)
+_LEVEL_PAIRS = torch.stack([NF4_LEVELS[_BYTES >> 4], NF4_LEVELS[_BYTES & 0x0F]], dim=1)  # (256, 2)
+
 
 def _check_float_tensor(weight: object, what: str = "weight") -> torch.Tensor:
     if not isinstance(weight, torch.Tensor):
@@ -152,11 +155,16 @@ class NF4Tensor:
         return torch.stack([high, low], dim=1).flatten()[:self.numel()]  # (n,)
 
     def dequantize(self) -> torch.Tensor:
-        """The weight as NF4 represents it: ``levels[code] · absmax`` per block; shape ``self.shape``."""
-        levels = NF4_LEVELS.to(self.codes.device)  # (16,)
-        values = levels[self.level_indices().long()]  # (n,) in [−1, 1]
+        """The weight as NF4 represents it: ``levels[code] · absmax`` per block; shape ``self.shape``.
+
+        Each packed byte is looked up whole in a (256, 2) table of level pairs: the same numbers
+        as unpacking the two nibbles and indexing ``NF4_LEVELS``, in one gather instead of
+        three passes (``benchmarks/bench_nf4.py`` measures the cost).
+        """
+        pairs = _LEVEL_PAIRS.to(self.codes.device)  # (256, 2): byte -> (high level, low level)
+        values = pairs.index_select(0, self.codes.int()).flatten()[:self.numel()]  # (n,) in [−1, 1]
         blocks = values.view(self.n_blocks, self.block_size)  # (n_blocks, block_size)
-        return (blocks * self.block_absmax()[:, None]).view(self.shape).to(self.dtype)
+        return blocks.mul_(self.block_absmax()[:, None]).view(self.shape).to(self.dtype)
 
     @property
     def nbytes(self) -> int:

@@ -96,6 +96,8 @@ def test_codes_are_the_nearest_level():
     normalised = w.reshape(-1, 64) / q.absmax[:, None]
     nearest = (normalised.reshape(-1, 1) - NF4_LEVELS).abs().argmin(dim=1)  # (n,)
     assert torch.equal(q.level_indices().long(), nearest)
+    by_nibble = NF4_LEVELS[q.level_indices().long()].view(-1, 64) * q.absmax[:, None]
+    assert torch.equal(q.dequantize(), by_nibble.view(w.shape))   # the byte-pair lookup agrees
     assert q.codes.dtype == torch.uint8 and q.codes.numel() == w.numel() // 2
 
 
