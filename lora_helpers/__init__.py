@@ -18,6 +18,8 @@ One concept per module:
 - ``models``: a tiny transformer classifier and a small character GPT (``CharGPT``, causal
   attention, ``generate``), both with separate ``q_proj``/``k_proj``/``v_proj``/``out_proj``.
 - ``data``: scikit-learn's bundled handwritten digits as tensors, and domain-shifted tasks.
+- ``quantization``: QLoRA's 4-bit NormalFloat (NF4): ``quantize_nf4``, ``NF4Linear``,
+  ``quantize_model``.
 - ``text``: two pinned text corpora (Python's docs and standard-library source), a character
   tokenizer, a seeded split into contiguous blocks, random training windows.
 - ``training``: ``train``/``evaluate``, ``train_language_model``/``bits_per_character``,
@@ -60,6 +62,15 @@ from .rank import (
     subspace_similarity,
     subspace_similarity_grid,
     top_singular_vectors,
+)
+from .quantization import (
+    NF4_LEVELS,
+    NF4Linear,
+    NF4Tensor,
+    dequantize_model,
+    nf4_levels,
+    quantize_model,
+    quantize_nf4,
 )
 from .state import checkpoint_bytes, load_lora_state_dict, lora_state_dict
 from .text import CORPORA, CharTokenizer, TextSplit, load_corpus, sample_batch, split_text

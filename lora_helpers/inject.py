@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .layers import LoRALinear
+from .quantization import NF4Linear
 
 __all__ = [
     "apply_lora",
@@ -87,7 +88,7 @@ def apply_lora(
     for name, module in model.named_modules():
         if name in inside_lora:
             continue
-        if isinstance(module, nn.Linear):
+        if isinstance(module, (nn.Linear, NF4Linear)):  # NF4Linear: QLoRA's quantized base
             linear_names.append(name)
         if not any(_matches(name, t) for t in targets):
             continue
@@ -100,7 +101,7 @@ def apply_lora(
                 "uses out_proj.weight directly and never calls out_proj(x): LoRA there would "
                 "silently do nothing. Use attention with separate q_proj/k_proj/v_proj/out_proj "
                 "nn.Linear layers (lora_helpers.MultiHeadSelfAttention)")
-        if isinstance(module, nn.Linear):
+        if isinstance(module, (nn.Linear, NF4Linear)):
             chosen.append(name)
     unmatched = [t for t in targets if not any(_matches(n, t) for n in chosen)]
     conv1d = [n for n, m in model.named_modules() if type(m).__name__ == "Conv1D"
@@ -166,6 +167,11 @@ def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> None:
 def merge_lora(model: nn.Module) -> None:
     """Merge every LoRA layer (``W ← W0 + ΔW``). Refuses NaN/inf before changing anything."""
     unmerged = [(name, layer) for name, layer in _require_lora(model) if not layer.merged]
+    quantized = [name for name, layer in unmerged if isinstance(layer.base, NF4Linear)]
+    if quantized:  # refused before any layer changes; LoRALinear.merge says why
+        raise ValueError(f"refusing to merge: {quantized} have NF4Linear bases (4-bit); keep "
+                         "the adapters unmerged, or call lora_helpers.dequantize_model(model) "
+                         "first and merge exactly. No weight was changed")
     with torch.no_grad():
         bad = [name for name, layer in unmerged if not layer.delta_weight().isfinite().all()]
     if bad:

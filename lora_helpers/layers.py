@@ -25,6 +25,7 @@ from torch import nn
 
 from ._checks import check_int
 from .dora import DoRALinearFunction, weight_norm
+from .quantization import NF4Linear  # QLoRA: a frozen NF4 base is adapted like an nn.Linear
 
 __all__ = ["LoRALinear", "LoRALinearFunction"]
 
@@ -117,7 +118,9 @@ class LoRALinear(nn.Module):
 
     Args:
         base: the layer to adapt; its weight ``W0`` has shape ``(out_features, in_features)``.
-            It is wrapped, not copied, and its parameters are frozen.
+            It is wrapped, not copied, and its parameters are frozen. An ``NF4Linear``
+            (``lora_helpers.quantization``) is accepted too: QLoRA's 4-bit base, run through
+            ``forward_autograd`` and never merged into.
         r: the rank of the update, ``1 <= r <= min(in_features, out_features)``.
         lora_alpha: the numerator of the scaling; ``scaling = lora_alpha / r`` (paper §4.1).
         lora_dropout: dropout probability applied to the input of the LoRA path only.
@@ -149,9 +152,9 @@ class LoRALinear(nn.Module):
         if isinstance(base, LoRALinear):
             raise ValueError("this layer already has LoRA (base is a LoRALinear); "
                              "adapt the plain nn.Linear once, or use its .base")
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"base must be an nn.Linear, got {type(base).__name__}; "
-                            "LoRALinear wraps linear layers only")
+        if not isinstance(base, (nn.Linear, NF4Linear)):
+            raise TypeError(f"base must be an nn.Linear, got {type(base).__name__}; LoRALinear "
+                            "wraps linear layers only (nn.Linear, or QLoRA's NF4Linear)")
         r = check_int(r, "r")
         if r > min(base.in_features, base.out_features):
             raise ValueError(
@@ -174,6 +177,12 @@ class LoRALinear(nn.Module):
                              f"got {init_lora_weights!r}")
         if not isinstance(use_dora, bool):
             raise TypeError(f"use_dora must be True or False, got {use_dora!r}")
+        if isinstance(base, NF4Linear) and (use_dora or init_lora_weights == "pissa"):
+            what = "use_dora=True" if use_dora else "init_lora_weights='pissa'"
+            raise ValueError(f"{what} needs the full-precision weight, but the base is an "
+                             "NF4Linear (4-bit). For QPiSSA, initialise PiSSA on the nn.Linear "
+                             "first and quantize its residual base.weight afterwards (notebook 08); "
+                             "for DoRA, adapt a full-precision base")
 
         self.base = base
         self.base.requires_grad_(False)  # W0 (and bias) stay frozen
@@ -184,7 +193,8 @@ class LoRALinear(nn.Module):
         self.use_rslora = use_rslora
         self.scaling = lora_alpha / (math.sqrt(r) if use_rslora else r)
         self.lora_dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
-        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+        factory = ({"device": base.device, "dtype": base.dtype} if isinstance(base, NF4Linear)
+                   else {"device": base.weight.device, "dtype": base.weight.dtype})
         self.lora_A = nn.Parameter(torch.empty(r, self.in_features, **factory))   # (r, in)
         self.lora_B = nn.Parameter(torch.empty(self.out_features, r, **factory))  # (out, r)
         self.merged = False
@@ -375,6 +385,11 @@ class LoRALinear(nn.Module):
         if self.merged:
             warnings.warn("LoRALinear is already merged; nothing to do", stacklevel=2)
             return
+        if isinstance(self.base, NF4Linear):  # see lora_helpers.quantization's docstring
+            raise ValueError("refusing to merge into an NF4Linear base: W + ΔW is not "
+                             "representable in NF4 and re-quantizing would add rounding error to "
+                             "the update. Keep the adapter unmerged (QLoRA's way), or call "
+                             "lora_helpers.dequantize_model(model) first and merge exactly")
         delta = self.delta_weight()  # (out, in)
         if not torch.isfinite(delta).all():
             raise ValueError("refusing to merge: the LoRA update contains NaN or inf "

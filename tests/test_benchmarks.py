@@ -44,3 +44,12 @@ def test_bench_dora_runs_and_prints_every_ratio():
         expected |= {"DoRA / PEFT's DoRA   (target <= 0.6)", "PEFT's DoRA / nn.Linear"}
     assert expected <= set(ratios), result.stdout
     assert all(value > 0 for value in ratios.values())
+
+
+def test_bench_nf4_runs_and_prints_every_ratio():
+    result = run("bench_nf4.py", "--d", "64", "--r", "4", "--batch", "8", "--repeats", "3")
+    assert result.returncode == 0, result.stderr
+    ratios = [line.rsplit(":", 1)[1] for line in result.stdout.splitlines()
+              if line.startswith(("(a)", "(b)", "(c)", "    forward"))]
+    assert len(ratios) == 4 and all(float(r) > 0 for r in ratios), result.stdout
+    assert "NF4 2,304 B (4.5000 bits/param)" in result.stdout   # 64·64/2 + 4·64 bytes
