@@ -25,7 +25,7 @@ from .inject import (
     merge_lora,
     unmerge_lora,
 )
-from .data import TASKS, DigitsSplit, load_digits_split, make_task
+from .data import TASKS, DigitsSplit, TaskSplit, few_label_split, load_digits_split, make_task
 from .layers import LoRALinear, LoRALinearFunction
 from .models import MLP, MultiHeadSelfAttention, TinyTransformerClassifier, TransformerBlock
 from .params import count_parameters, lora_parameter_count, print_trainable_parameters
@@ -50,4 +50,12 @@ from .rank import (
     top_singular_vectors,
 )
 from .state import checkpoint_bytes, load_lora_state_dict, lora_state_dict
-from .training import History, evaluate, optimizer_state_bytes, pretrain_digits_classifier, train
+from .training import (
+    History,
+    LRSweep,
+    evaluate,
+    optimizer_state_bytes,
+    pretrain_digits_classifier,
+    sweep_learning_rate,
+    train,
+)

@@ -14,7 +14,9 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-__all__ = ["DigitsSplit", "TASKS", "load_digits_split", "make_task"]
+from ._checks import check_int
+
+__all__ = ["DigitsSplit", "TaskSplit", "TASKS", "few_label_split", "load_digits_split", "make_task"]
 
 
 class DigitsSplit(NamedTuple):
@@ -22,6 +24,20 @@ class DigitsSplit(NamedTuple):
 
     x_train: torch.Tensor
     y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+class TaskSplit(NamedTuple):
+    """Train/validation/test tensors for a few-label task (see ``few_label_split``).
+
+    Images float32 ``(n, 8, 8)``, labels int64 ``(n,)``. Tune on ``val``; touch ``test`` once.
+    """
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
 
@@ -73,3 +89,34 @@ def make_task(split: DigitsSplit, name: str) -> DigitsSplit:
     transform = _TRANSFORMS[name]
     return DigitsSplit(transform(split.x_train).contiguous(), split.y_train,
                        transform(split.x_test).contiguous(), split.y_test)
+
+
+def few_label_split(split: DigitsSplit, per_class: int = 30, seed: int = 0) -> TaskSplit:
+    """Keep ``per_class`` labelled training images of each digit; the rest become validation data.
+
+    A downstream task rarely has many labels, but the digits' training part has 1,347 images:
+    the ``10 * per_class`` chosen (seeded, per digit) are the training set, the remaining
+    training images a validation set for choosing hyperparameters, and the test set is kept
+    untouched for the final report. Training and validation images never overlap.
+
+    Args:
+        split: a ``DigitsSplit`` (e.g. ``make_task(load_digits_split(), "rotated")``).
+        per_class: labelled training images per digit, at least 1 and fewer than the smallest
+            class has (so that every digit is also in the validation set).
+        seed: the choice of images.
+    Returns:
+        a ``TaskSplit`` whose training labels hold exactly ``per_class`` of each class.
+    """
+    per_class = check_int(per_class, "per_class")
+    counts = torch.bincount(split.y_train)  # (n_classes,)
+    if per_class >= int(counts.min()):
+        raise ValueError(f"per_class={per_class} leaves no validation image for some digit (the "
+                         f"smallest class has {int(counts.min())} training images); use fewer")
+    generator = torch.Generator().manual_seed(seed)
+    keep = torch.cat([torch.nonzero(split.y_train == c).flatten()[
+        torch.randperm(int(counts[c]), generator=generator)[:per_class]]
+        for c in range(len(counts))]).sort().values  # (n_classes * per_class,)
+    rest = torch.ones(len(split.y_train), dtype=torch.bool)  # (n_train,)
+    rest[keep] = False
+    return TaskSplit(split.x_train[keep], split.y_train[keep], split.x_train[rest],
+                     split.y_train[rest], split.x_test, split.y_test)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lora_helpers import TASKS, load_digits_split, make_task
+from lora_helpers import TASKS, few_label_split, load_digits_split, make_task
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +59,26 @@ def test_bad_arguments(split):
     for bad in (1.5, "0.2"):
         with pytest.raises(ValueError, match="test_size must be in"):
             load_digits_split(test_size=bad)
+
+
+def test_few_label_split_partitions_the_training_images(split):
+    task = few_label_split(make_task(split, "rotated"), per_class=30, seed=3)
+    assert task.y_train.bincount().tolist() == [30] * 10
+    assert len(task.y_train) + len(task.y_val) == len(split.y_train)          # nothing lost
+    assert len(task.y_val) > 1_000 and set(task.y_val.tolist()) == set(range(10))
+    # no image is both a training and a validation image (rows compared as flattened pixels)
+    train_rows = {tuple(row) for row in task.x_train.flatten(1).tolist()}
+    duplicates_in_data = len(split.x_train) - len({tuple(r) for r in split.x_train.flatten(1).tolist()})
+    overlap = sum(tuple(row) in train_rows for row in task.x_val.flatten(1).tolist())
+    assert overlap <= duplicates_in_data
+    assert torch.equal(task.x_test, make_task(split, "rotated").x_test)       # test untouched
+    again = few_label_split(make_task(split, "rotated"), per_class=30, seed=3)
+    assert torch.equal(again.x_train, task.x_train)                           # seeded
+    other = few_label_split(make_task(split, "rotated"), per_class=30, seed=4)
+    assert not torch.equal(other.x_train, task.x_train)
+
+
+@pytest.mark.parametrize("per_class, error", [(0, ValueError), (2.5, TypeError), (10_000, ValueError)])
+def test_few_label_split_refuses_bad_counts(split, per_class, error):
+    with pytest.raises(error, match="per_class"):
+        few_label_split(split, per_class=per_class)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lora_helpers import (apply_lora, evaluate, load_digits_split, optimizer_state_bytes, train,
+from lora_helpers import (apply_lora, evaluate, load_digits_split, optimizer_state_bytes, sweep_learning_rate, train,
                           TinyTransformerClassifier)
 
 
@@ -95,3 +95,34 @@ def test_bad_input(data):
         train(model, x, y + 10, epochs=1, lr=1e-3)
     with pytest.raises(TypeError, match="must be tensors"):
         evaluate(model, x.numpy(), y)
+
+
+def test_sweep_learning_rate_picks_the_best_mean_and_knows_the_edges():
+    calls = []
+
+    def run(lr, seed):
+        calls.append((lr, seed))
+        return {1e-3: 0.5, 3e-3: 0.9, 1e-2: 0.7}[lr] + (0.02 if seed else -0.02)
+
+    sweep = sweep_learning_rate(run, [1e-3, 3e-3, 1e-2], seeds=(0, 1), progress=False)
+    assert calls == [(lr, s) for lr in (1e-3, 3e-3, 1e-2) for s in (0, 1)]
+    assert sweep.best_lr == 3e-3 and sweep.inside_grid and sweep.check_inside_grid() == 3e-3
+    assert sweep.mean == pytest.approx([0.5, 0.9, 0.7]) and sweep.std[0] == pytest.approx(0.02828, rel=1e-3)
+    assert "3e-03" in sweep.table() and sweep.table().count("*") == 1
+    losses = sweep_learning_rate(lambda lr, seed: lr, [1e-3, 3e-3, 1e-2], higher_is_better=False,
+                                 progress=False)
+    assert losses.best_lr == 1e-3 and not losses.inside_grid
+    with pytest.raises(ValueError, match="smallest of the grid"):
+        losses.check_inside_grid()
+
+
+def test_sweep_learning_rate_treats_divergence_as_worst():
+    sweep = sweep_learning_rate(lambda lr, seed: float("nan") if lr > 5e-3 else lr,
+                                [1e-3, 3e-3, 1e-2], progress=False)
+    assert sweep.best_lr == 3e-3
+
+
+@pytest.mark.parametrize("lrs", [[1e-3, 1e-2], [1e-2, 1e-3, 1e-1], [0.0, 1e-3, 1e-2], [1e-3, 1e-3, 1e-2]])
+def test_sweep_learning_rate_refuses_bad_grids(lrs):
+    with pytest.raises(ValueError, match="lrs must be"):
+        sweep_learning_rate(lambda lr, seed: 0.0, lrs, progress=False)
