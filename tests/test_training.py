@@ -126,3 +126,25 @@ def test_sweep_learning_rate_treats_divergence_as_worst():
 def test_sweep_learning_rate_refuses_bad_grids(lrs):
     with pytest.raises(ValueError, match="lrs must be"):
         sweep_learning_rate(lambda lr, seed: 0.0, lrs, progress=False)
+
+
+def test_progress_bars_obey_tqdm_disable(monkeypatch):
+    # The notebooks' tests set TQDM_DISABLE=1; tqdm.notebook ignores it, so the helpers read it.
+    import lora_helpers.training as training
+    calls = []
+    real_tqdm = training.tqdm
+
+    def recording_tqdm(*args, **kwargs):
+        calls.append(kwargs["disable"])
+        return real_tqdm(*args, **{**kwargs, "disable": True})   # no bar in the test's output
+
+    monkeypatch.setattr(training, "tqdm", recording_tqdm)
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 8, 8), torch.randint(0, 10, (16,))
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    train(small_model(), x, y, epochs=1, lr=1e-2, progress=True)
+    sweep_learning_rate(lambda lr, seed: lr, [1e-3, 3e-3, 1e-2], progress=True)
+    monkeypatch.delenv("TQDM_DISABLE")
+    train(small_model(), x, y, epochs=1, lr=1e-2, progress=True)
+    train(small_model(), x, y, epochs=1, lr=1e-2, progress=False)
+    assert calls == [True, True, False, True]
