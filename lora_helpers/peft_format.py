@@ -25,7 +25,6 @@ check has passed.
 
 from __future__ import annotations
 
-import inspect
 import json
 import numbers
 import re
@@ -76,18 +75,6 @@ def _safetensors():
         raise ImportError("PEFT's adapter files need the safetensors library: "
                           "pip install safetensors") from error
     return safetensors.torch
-
-
-def _dora_supported() -> bool:
-    """Whether this package's ``LoRALinear`` takes ``use_dora`` (DoRA, arXiv 2402.09353)."""
-    return "use_dora" in inspect.signature(LoRALinear.__init__).parameters
-
-
-def _magnitude(layer: LoRALinear) -> torch.Tensor | None:
-    """DoRA's magnitude vector ``m: (out_features,)`` of a layer, or None for plain LoRA."""
-    if hasattr(layer, "use_dora") and not layer.use_dora:
-        return None
-    return getattr(layer, "lora_magnitude_vector", None)
 
 
 def _pattern_key(patterns: dict, path: str) -> str | None:
@@ -184,7 +171,7 @@ def save_peft_adapter(model: nn.Module, save_directory: str | Path,
         raise ValueError(f"task_type={task_type!r} is not one of PEFT's {TASK_TYPES} (or None)")
     dropout = _one_value(layers, "lora_dropout", _dropout)
     use_rslora = _one_value(layers, "use_rslora", lambda layer: bool(layer.use_rslora))
-    use_dora = _one_value(layers, "use_dora", lambda layer: _magnitude(layer) is not None)
+    use_dora = _one_value(layers, "use_dora", lambda layer: layer.use_dora)
 
     paths = [name for name, _ in layers]
     ranks = {name: layer.r for name, layer in layers}
@@ -213,7 +200,7 @@ def save_peft_adapter(model: nn.Module, save_directory: str | Path,
         tensors[f"{key}.lora_B.weight"] = layer.lora_B.detach().cpu().contiguous()  # (out, r)
         if use_dora:
             tensors[f"{key}.lora_magnitude_vector"] = (
-                _magnitude(layer).detach().cpu().contiguous())  # (out,)
+                layer.lora_magnitude_vector.detach().cpu().contiguous())  # (out,)
     directory = Path(save_directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True),
@@ -253,9 +240,6 @@ def _read_config(directory: Path) -> dict:
                          f"weights or the layer itself; supported: {_INITS}. Load this adapter "
                          "with PEFT, or save it there as plain LoRA "
                          "(path_initial_model_for_weight_conversion)")
-    if config["use_dora"] and not _dora_supported():
-        raise ValueError("use_dora=True: this adapter is DoRA (arXiv 2402.09353), and this "
-                         "version of lora_helpers.LoRALinear has no use_dora; load it with PEFT")
     targets = config["target_modules"]
     if targets is None or targets == "all-linear":
         raise ValueError(f"target_modules={targets!r}: PEFT resolves this from the model type "
@@ -295,12 +279,15 @@ def load_peft_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     Strict: the modules that ``target_modules`` selects (PEFT's rule: a list matches a module
     path or its ``"." + name`` suffix, a string is a regex matched in full) must be exactly the
     modules the tensor file names, each an ``nn.Linear`` without LoRA; every key must be
-    ``base_model.model.<path>.lora_A.weight`` / ``.lora_B.weight`` (plus
-    ``.lora_magnitude_vector`` for DoRA, where supported) with the shapes ``(r, in_features)`` /
-    ``(out_features, r)``. Anything else raises a ``ValueError`` naming it, before the model is
-    changed. ``fan_in_fan_out`` is accepted either way: it describes how the *base* layer stores
-    its weight (GPT-2's ``Conv1D``), while ``lora_A``/``lora_B`` are stored as ``nn.Linear``
-    weights in both cases; the base modules here must be ``nn.Linear``.
+    ``base_model.model.<path>.lora_A.weight`` / ``.lora_B.weight`` with the shapes
+    ``(r, in_features)`` / ``(out_features, r)``, plus ``.lora_magnitude_vector``,
+    ``(out_features,)``, on every layer if ``use_dora`` is true and on none if it is false
+    (DoRA, arXiv 2402.09353: one config value for all layers, as in PEFT). Anything else raises a
+    ``ValueError`` naming it, before the model is changed. The magnitudes are loaded as saved,
+    not re-initialised from ``W0``, and stay trainable (PEFT trains them too).
+    ``fan_in_fan_out`` is accepted either way: it describes how the *base* layer stores its
+    weight (GPT-2's ``Conv1D``), while ``lora_A``/``lora_B`` are stored as ``nn.Linear`` weights
+    in both cases; the base modules here must be ``nn.Linear``.
 
     Args:
         model: the base model the adapter was trained on, without LoRA at the named modules.
@@ -337,7 +324,9 @@ def load_peft_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
                              f"{config.get('base_model_name_or_path')!r})?")
         missing = [s for s in suffixes if s not in parts]
         if missing:
-            raise ValueError(f"module '{name}' lacks {[PREFIX + name + s for s in missing]}")
+            why = (" (use_dora is true: every DoRA layer has a magnitude vector)"
+                   if missing == [".lora_magnitude_vector"] else "")
+            raise ValueError(f"module '{name}' lacks {[PREFIX + name + s for s in missing]}{why}")
         problem = _layer_type_error(name, modules[name])
         if problem:
             raise ValueError(problem)
@@ -363,9 +352,8 @@ def load_peft_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
                                  f"{base.in_features} in / {base.out_features} out features)")
         specs[name] = (r, alpha)
 
-    kwargs = {"lora_dropout": config["lora_dropout"], "use_rslora": config["use_rslora"]}
-    if config["use_dora"]:
-        kwargs["use_dora"] = True
+    kwargs = {"lora_dropout": config["lora_dropout"], "use_rslora": config["use_rslora"],
+              "use_dora": bool(config["use_dora"])}
     flags = {p: p.requires_grad for p in model.parameters()}
     try:  # LoRALinear may still refuse a value (e.g. r too large) after freezing earlier bases
         wrapped = {name: LoRALinear(modules[name], r=r, lora_alpha=alpha, **kwargs)
@@ -379,8 +367,8 @@ def load_peft_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
             parts = per_module[name]
             layer.lora_A.copy_(parts[".lora_A.weight"])  # (r, in)
             layer.lora_B.copy_(parts[".lora_B.weight"])  # (out, r)
-            if config["use_dora"]:
-                _magnitude(layer).copy_(parts[".lora_magnitude_vector"])  # (out,)
+            if layer.use_dora:  # the trained m, replacing the row norms it was initialised to
+                layer.lora_magnitude_vector.copy_(parts[".lora_magnitude_vector"])  # (out,)
     for name, layer in wrapped.items():
         _set_submodule(model, name, layer)
     mark_only_lora_as_trainable(model)

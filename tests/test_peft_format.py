@@ -12,7 +12,6 @@ from torch import nn
 
 from lora_helpers import (LoRALinear, apply_lora, load_peft_adapter, lora_layers, merge_lora,
                           save_peft_adapter)
-from lora_helpers import peft_format
 from lora_helpers.peft_format import CONFIG_NAME, WEIGHTS_NAME
 
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -223,7 +222,6 @@ def edit_tensors(directory, change):
     ("bias", "all", "bias='all' is not supported"),
     ("lora_bias", True, "lora_bias=True"),
     ("init_lora_weights", "pissa", "init_lora_weights='pissa'"),
-    ("use_dora", True, "use_dora=True"),
     ("target_modules", "all-linear", "target_modules='all-linear'"),
     ("target_modules", None, "target_modules=None"),
     ("some_future_option", 3, "some_future_option=3: a config field this package does not know"),
@@ -246,46 +244,49 @@ def test_off_values_and_ignored_fields_are_accepted(tmp_path):
     assert len(lora_layers(load_peft_adapter(make_base(), directory))) == 4
 
 
-class FakeDoraLinear(LoRALinear):
-    """Stands in for a LoRALinear that takes use_dora (DoRA's magnitude vector m: (out,)); only
-    the file plumbing is tested with it, not DoRA's arithmetic."""
-
-    def __init__(self, base, *args, use_dora=False, **kwargs):
-        super().__init__(base, *args, **kwargs)
-        self.use_dora = use_dora
-        self.lora_magnitude_vector = (nn.Parameter(base.weight.detach().norm(dim=1))
-                                      if use_dora else None)
-
-
-def test_dora_tensors_round_trip_once_lora_linear_supports_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(peft_format, "LoRALinear", FakeDoraLinear)
-    model = make_base()
-    for name in ["0.q_proj", "1.v_proj"]:
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child,
-                FakeDoraLinear(model.get_submodule(name), r=2, use_dora=True))
-    randomize(model)
+def randomize_magnitudes(model, seed=3):
+    """DoRA's m away from its initial value (the row norms of W0 + s·BA), as training moves it."""
+    torch.manual_seed(seed)
     with torch.no_grad():
         for _, layer in lora_layers(model):
-            layer.lora_magnitude_vector.normal_()
+            layer.lora_magnitude_vector.mul_(torch.rand(layer.out_features) + 0.5)  # (out,)
+    return model
+
+
+def test_dora_round_trip_here_is_exact(tmp_path):
+    model = randomize_magnitudes(adapted(use_dora=True, lora_alpha=4))
     config = save_peft_adapter(model, tmp_path)
     assert config["use_dora"] is True
-    keys = safetensors_torch.load_file(str(tmp_path / WEIGHTS_NAME))
-    assert keys["base_model.model.1.v_proj.lora_magnitude_vector"].shape == (6,)
+    tensors = safetensors_torch.load_file(str(tmp_path / WEIGHTS_NAME))
+    assert {k: tuple(v.shape) for k, v in tensors.items() if "magnitude" in k} == {
+        f"base_model.model.{i}.{m}.lora_magnitude_vector": (out,)
+        for i in (0, 1) for m, out in (("q_proj", 8), ("v_proj", 6))}
     loaded = load_peft_adapter(make_base(), tmp_path)
-    for (_, a), (_, b) in zip(lora_layers(loaded), lora_layers(model)):
+    x = torch.randn(5, 8)
+    assert torch.equal(loaded(x), model(x))
+    for (_, a), (_, b) in zip(lora_layers(loaded), lora_layers(model), strict=True):
         assert a.use_dora and torch.equal(a.lora_magnitude_vector, b.lora_magnitude_vector)
-        assert torch.equal(a.lora_A, b.lora_A) and torch.equal(a.lora_B, b.lora_B)
+        # loaded as saved, not re-initialised to the row norms of W0 + s·BA
+        assert not torch.allclose(a.lora_magnitude_vector, a.dora_weight_norm())
+    trainable = {n for n, p in loaded.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {n.rpartition(".")[2] for n in trainable} == {"lora_A", "lora_B",
+                                                          "lora_magnitude_vector"}
 
 
-def test_dora_refused_unless_supported(tmp_path):
-    from lora_helpers.peft_format import _dora_supported
-    directory = saved(tmp_path)
-    edit_config(directory, use_dora=True)
-    if _dora_supported():
-        pytest.skip("LoRALinear supports DoRA: the refusal does not apply")
-    with pytest.raises(ValueError, match="use_dora=True: this adapter is DoRA"):
-        load_peft_adapter(make_base(), directory)
+def test_mixed_dora_and_lora_layers_are_refused(tmp_path):
+    model = apply_lora(make_base(), ["q_proj"], r=2, use_dora=True)
+    apply_lora(model, ["v_proj"], r=2)
+    with pytest.raises(ValueError, match="one use_dora for all layers"):
+        save_peft_adapter(model, tmp_path)
+    assert not any(tmp_path.iterdir())
+    save_peft_adapter(adapted(use_dora=True), tmp_path)  # a DoRA file with one magnitude missing
+    edit_tensors(tmp_path, lambda t: t.pop("base_model.model.1.v_proj.lora_magnitude_vector"))
+    model = make_base()
+    with pytest.raises(ValueError, match=r"'1.v_proj' lacks \['base_model.model.1.v_proj."
+                                         r"lora_magnitude_vector'\] \(use_dora is true"):
+        load_peft_adapter(model, tmp_path)
+    assert not lora_layers(model) and all(p.requires_grad for p in model.parameters())
 
 
 @pytest.mark.parametrize("change, message", [
@@ -417,19 +418,60 @@ def test_our_files_load_in_peft_and_give_our_outputs(hf, tmp_path):
     assert (tmp_path / "again" / WEIGHTS_NAME).read_bytes() == (tmp_path / WEIGHTS_NAME).read_bytes()
 
 
+def peft_module_path(name):
+    """PEFT's parameter name -> (module path in the unwrapped model, our parameter name)."""
+    name = name.removeprefix("base_model.model.")
+    for ours in ("lora_A", "lora_B", "lora_magnitude_vector"):
+        if f".{ours}." in name:
+            return name.partition(f".{ours}.")[0], ours
+    raise AssertionError(name)
+
+
 @peft_warning
-@peft_warning
-def test_dora_keys_are_peft_keys(hf, tmp_path, monkeypatch):
+def test_peft_dora_files_load_here_and_give_peft_outputs(hf, tmp_path):
     _, peft, fresh = hf
-    peft.get_peft_model(fresh(), peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"],
-                                                 use_dora=True)).save_pretrained(tmp_path / "peft")
-    monkeypatch.setattr(peft_format, "LoRALinear", FakeDoraLinear)
-    loaded = load_peft_adapter(fresh(), tmp_path / "peft")
-    assert all(layer.use_dora for _, layer in lora_layers(loaded))
-    save_peft_adapter(loaded, tmp_path / "ours")
-    theirs = safetensors_torch.load_file(str(tmp_path / "peft" / WEIGHTS_NAME))
-    ours = safetensors_torch.load_file(str(tmp_path / "ours" / WEIGHTS_NAME))
-    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    torch.manual_seed(1)
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                             rank_pattern={"v_proj": 2}, use_dora=True, task_type="CAUSAL_LM")
+    reference = peft.get_peft_model(fresh(), config)
+    ids = torch.randint(0, 64, (2, 12))
+    optimizer = torch.optim.Adam([p for p in reference.parameters() if p.requires_grad], lr=0.05)
+    reference(ids, labels=ids).loss.backward()  # one training step: A, B and m all move
+    optimizer.step()
+    reference.eval().save_pretrained(tmp_path)
+    model = load_peft_adapter(fresh(), tmp_path).eval()
+    theirs = {peft_module_path(n): p for n, p in reference.named_parameters() if p.requires_grad}
+    ours = {(n.rpartition(".")[0], n.rpartition(".")[2]): p
+            for n, p in model.named_parameters() if p.requires_grad}
+    assert ours.keys() == theirs.keys()  # the same parameters train, magnitudes included
+    assert sum(k[1] == "lora_magnitude_vector" for k in ours) == 6
+    for key, p in ours.items():
+        assert torch.equal(p, theirs[key].view(p.shape)), key  # m as trained, not re-initialised
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, reference(ids).logits, atol=1e-5, rtol=0)
+        assert not torch.allclose(model(ids).logits, fresh()(ids).logits, atol=1e-3)
+    # Saving it again here gives PEFT's keys and tensors.
+    save_peft_adapter(model, tmp_path / "ours")
+    a = safetensors_torch.load_file(str(tmp_path / WEIGHTS_NAME))
+    b = safetensors_torch.load_file(str(tmp_path / "ours" / WEIGHTS_NAME))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@peft_warning
+def test_our_dora_files_load_in_peft_and_give_our_outputs(hf, tmp_path):
+    _, peft, fresh = hf
+    model = randomize(apply_lora(fresh(), ["q_proj", "v_proj"], r=4, lora_alpha=8, use_dora=True))
+    apply_lora(model, ["o_proj"], r=2, lora_alpha=5, use_dora=True)
+    randomize_magnitudes(randomize(model, seed=2))
+    save_peft_adapter(model, tmp_path, task_type="CAUSAL_LM")
+    reference = peft.PeftModel.from_pretrained(fresh(), tmp_path).eval()
+    assert reference.peft_config["default"].use_dora is True
+    ids = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        assert torch.allclose(reference(ids).logits, model.eval()(ids).logits, atol=1e-5, rtol=0)
+        assert not torch.allclose(model(ids).logits, fresh()(ids).logits, atol=1e-3)
+    reference.save_pretrained(tmp_path / "again")
+    assert (tmp_path / "again" / WEIGHTS_NAME).read_bytes() == (tmp_path / WEIGHTS_NAME).read_bytes()
 
 
 @peft_warning
