@@ -52,7 +52,9 @@ from conftest import NOTEBOOK_ENV  # noqa: E402  (the tests' settings)
 
 WIDGET = "application/vnd.jupyter.widget-view+json"
 BAR_SOURCE = re.compile(r"\btqdm\b|progress\s*=\s*True")
-TRAINS = re.compile(r"\btrain\w*\(|\.backward\(|\.step\(\)|\bfit\(")  # a cell that trains something
+# A cell that trains something: train(...), train_xyz(...), pretrain_xyz(...), .backward(), .step()
+TRAINS = re.compile(r"\b(?:pre)?train(?:_\w*)?\(|\.backward\(|\.step\(\)|\bfit\(")
+BAR_SELECTOR = ".jp-OutputArea-output .widget-hprogress, .jp-OutputArea-output .jupyter-widget-hprogress"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update",
@@ -128,10 +130,17 @@ def run_in_browser(page, port: int, name: str, timeout: float, shot: Path | None
     page.evaluate("() => { window.jupyterapp.commands.execute('notebook:restart-run-all'); }")
     page.click(".jp-Dialog .jp-mod-accept", timeout=30_000)    # "Restart" in the confirmation
     time.sleep(5)
-    quiet = 0
+    quiet, bar_shot = 0, shot is None
     while quiet < 3:                       # idle kernel and no [*] prompt, three polls in a row
         if time.monotonic() - start > timeout:
             raise TimeoutError(f"{name}: still running after {timeout:.0f} s")
+        if not bar_shot and page.locator(BAR_SELECTOR).count():   # the first live progress bar
+            try:
+                page.locator(BAR_SELECTOR).first.scroll_into_view_if_needed(timeout=5_000)
+                page.screenshot(path=str(shot.with_name(shot.stem + "-progress.png")))
+                bar_shot = True
+            except Exception:   # the bar closed meanwhile (leave=False); try the next one
+                pass
         busy = page.locator(".jp-InputPrompt", has_text="[*]").count()
         quiet = quiet + 1 if busy == 0 and kernels_idle(port) else 0
         time.sleep(1)
@@ -140,10 +149,10 @@ def run_in_browser(page, port: int, name: str, timeout: float, shot: Path | None
     page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty",
                            timeout=60_000)
     time.sleep(1)
-    if shot is not None:
-        bars = page.locator(".jp-OutputArea-output .widget-hprogress, .jp-OutputArea-output .jupyter-widgets")
-        if bars.count():
-            bars.first.scroll_into_view_if_needed()
+    if shot is not None:                   # the end of the notebook, as the learner sees it
+        page.evaluate("() => { const cells = window.jupyterapp.shell.currentWidget.content.widgets;"
+                      " cells[cells.length - 1].node.scrollIntoView(); }")
+        time.sleep(1)
         page.screenshot(path=str(shot))
     page.evaluate("() => window.jupyterapp.commands.execute('application:close-all')")
     page.evaluate("() => window.jupyterapp.serviceManager.kernels.shutdownAll()")

@@ -234,12 +234,13 @@ class _StudentRun:
 
     path: Path
 
-    def test_runs_unanswered_and_each_pasted_solution_passes(self):
+    def test_runs_unanswered_and_each_pasted_solution_passes(self, tmp_path):
         nb, roles = _proof_notebook(self.path)
         # Cells tagged raises-exception may raise (nbclient honours the tag); any other error
-        # fails here with the cell's traceback.
+        # fails here with the cell's traceback. The kernel runs in a temporary folder, so files a
+        # notebook writes cannot collide with nbval's run of the same notebook on another worker.
         NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", record_timing=False,
-                       resources={"metadata": {"path": str(self.path.parent)}}).execute()
+                       resources={"metadata": {"path": str(tmp_path)}}).execute()
         for index, (role, n) in roles.items():
             text = stdout(nb.cells[index])
             expected = (CORRECT if role == "pasted" else NOT_ATTEMPTED).format(n=n)
