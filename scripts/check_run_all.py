@@ -149,6 +149,14 @@ def run_in_browser(page, port: int, name: str, timeout: float, shot: Path | None
     page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty",
                            timeout=60_000)
     time.sleep(1)
+    if shot is not None:                   # the first exercise's solution cell, collapsed
+        found = page.evaluate(
+            "() => { const cell = window.jupyterapp.shell.currentWidget.content.widgets.find("
+            " w => w.model.type === 'code' && (w.model.getMetadata('tags') || []).includes('solution'));"
+            " if (cell) { cell.node.scrollIntoView({block: 'center'}); } return !!cell; }")
+        if found:
+            time.sleep(1)
+            page.screenshot(path=str(shot.with_name(shot.stem + "-exercise.png")))
     if shot is not None:                   # the end of the notebook, as the learner sees it
         page.evaluate("() => { const cells = window.jupyterapp.shell.currentWidget.content.widgets;"
                       " cells[cells.length - 1].node.scrollIntoView(); }")

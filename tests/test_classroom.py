@@ -152,6 +152,21 @@ class TestConvention:
             n = exercise_of(nb, i)
             assert re.search(rf"\bcheck_exercise_{n}\(", cell.source), f"cell {i} calls no check"
 
+    def test_solution_code_cells_print_only_the_check_line(self, path):
+        # JupyterLab (4.6) drops "outputs_hidden" when a cell runs: after Run All a solution
+        # cell's output is on screen under its collapsed source. So it may print only the
+        # check's verdict (figures are fine), never a value that gives the answer away.
+        nb = load(path)
+        for i, cell in enumerate(nb.cells):
+            if cell.cell_type != "code" or SOLUTION_TAG not in tags(cell):
+                continue
+            texts = [out.get("text", "") for out in cell.outputs if out.output_type == "stream"]
+            texts += [v for out in cell.outputs for k, v in out.get("data", {}).items()
+                      if k.startswith("text/") and not any(m.startswith("image/") for m in out.data)]
+            lines = [line for line in "\n".join(texts).splitlines() if line.strip()]
+            extra = [line for line in lines if not re.fullmatch(r"Exercise \d+: correct", line)]
+            assert not extra, f"cell {i} prints {extra[:3]}"
+
     def test_solution_markdown_cells_are_only_a_details_block(self, path):
         for i, cell in enumerate(load(path).cells):
             if cell.cell_type != "markdown" or SOLUTION_TAG not in tags(cell):
