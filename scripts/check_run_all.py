@@ -20,7 +20,7 @@ and checks the saved file:
 - no error output except in cells tagged `raises-exception`;
 - every cell that draws a progress bar (`tqdm` or `progress=True` in its source) shows it as a
   widget (an `application/vnd.jupyter.widget-view+json` output), and so does every cell that
-  trains (calls `train...(`, `.backward(`, `.step()` or `fit(`) and ran for `--slow` seconds or
+  trains (calls `train(`, `pretrain_...(`, `finetune(`, `.backward(`, `.step()` or `fit(`) and ran for `--slow` seconds or
   more (JupyterLab records each cell's timing); other slow cells are listed as notes.
 
 Progress bars are on (TQDM_DISABLE is removed from the environment); the other settings of the
@@ -52,8 +52,9 @@ from conftest import NOTEBOOK_ENV  # noqa: E402  (the tests' settings)
 
 WIDGET = "application/vnd.jupyter.widget-view+json"
 BAR_SOURCE = re.compile(r"\btqdm\b|progress\s*=\s*True")
-# A cell that trains something: train(...), train_xyz(...), pretrain_xyz(...), .backward(), .step()
-TRAINS = re.compile(r"\b(?:pre)?train(?:_\w*)?\(|\.backward\(|\.step\(\)|\bfit\(")
+# A cell that trains something: train(...), train_xyz(...), pretrain_xyz(...), finetune(...),
+# fine_tune_xyz(...), .backward(), .step(), fit(...)
+TRAINS = re.compile(r"\b(?:pre)?train(?:_\w*)?\(|\bfine_?tune\w*\(|\.backward\(|\.step\(\)|\bfit\(")
 BAR_SELECTOR = ".jp-OutputArea-output .widget-hprogress, .jp-OutputArea-output .jupyter-widget-hprogress"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
