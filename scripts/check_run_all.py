@@ -20,8 +20,9 @@ and checks the saved file:
 - no error output except in cells tagged `raises-exception`;
 - every cell that draws a progress bar (`tqdm` or `progress=True` in its source) shows it as a
   widget (an `application/vnd.jupyter.widget-view+json` output), and so does every cell that
-  trains (calls `train(`, `pretrain_...(`, `finetune(`, `.backward(`, `.step()` or `fit(`) and ran for `--slow` seconds or
-  more (JupyterLab records each cell's timing); other slow cells are listed as notes.
+  ran for `--slow` seconds or more (JupyterLab records each cell's timing): a learner should
+  not look at a bare `[*]` for long. The default (10 s) is for a quiet machine; on a busy one
+  every cell is slower, so raise it.
 
 Progress bars are on (TQDM_DISABLE is removed from the environment); the other settings of the
 tests (one BLAS thread, PYTHONHASHSEED) are kept. With --student the notebooks are first turned
@@ -201,10 +202,8 @@ def check_saved(path: Path, slow: float) -> tuple[list[str], list[str]]:
         if BAR_SOURCE.search(source) and not widget:
             problems.append(f"cell {i}: draws a progress bar, but no widget was rendered")
         if seconds is not None and seconds >= slow and not widget:
-            if TRAINS.search(source):
-                problems.append(f"cell {i}: trained for {seconds:.0f} s with no progress bar")
-            else:
-                notes.append(f"cell {i}: ran {seconds:.0f} s (no training in its source)")
+            what = "trained" if TRAINS.search(source) else "ran"
+            problems.append(f"cell {i}: {what} for {seconds:.0f} s with no progress bar")
         if widget:
             notes.append(f"cell {i}: progress bar rendered as a widget"
                          + (f" ({seconds:.0f} s)" if seconds is not None else ""))
