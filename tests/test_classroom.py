@@ -132,7 +132,7 @@ class TestConvention:
             if cell.cell_type == "code" and SOLUTION_TAG not in tags(cell):
                 assert not re.search(r"Exercise \d+: correct", all_output_text(cell)), cell.source[:200]
 
-    def test_check_functions_handle_none_without_raising(self, path):
+    def test_check_functions_have_a_not_attempted_branch(self, path):
         nb = load(path)
         for n, e in exercises(nb).items():
             source = nb.cells[e["check"]].source
@@ -222,6 +222,8 @@ def _proof_notebook(path):
     found = exercises(teacher)
     solution_of = {}
     for n, e in found.items():
+        assert len(e["answer"]) == 1 and e["solution_code"], (
+            f"Exercise {n} needs one 'answer' cell and a 'solution' code cell (see TestConvention)")
         code = "\n\n".join(teacher.cells[i].source for i in e["solution_code"])
         solution_of[teacher.cells[e["answer"][0]].id] = (n, code)
     student = student_notebook(path)
