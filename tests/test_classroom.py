@@ -246,6 +246,7 @@ def _proof_notebook(path):
     return student, roles
 
 
+@pytest.mark.student_run  # deselect with -m "not student_run" (each one executes a notebook)
 class _StudentRun:
     """One nbclient run of a notebook's student edition (see the module docstring)."""
 
