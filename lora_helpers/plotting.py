@@ -248,8 +248,8 @@ def plot_subspace_similarity(grid: Matrix, ax: Axes | None = None, title: str | 
     return ax
 
 
-def _check_result(i: int, result: object) -> tuple[str, int, float, str | None]:
-    """Validate ``results[i]``; return ``(label, trainable, accuracy, group)``."""
+def _check_result(i: int, result: object) -> tuple[str, int, float, str | None, float | None]:
+    """Validate ``results[i]``; return ``(label, trainable, accuracy, group, std)``."""
     if not isinstance(result, Mapping):
         raise TypeError(f"results[{i}] must be a dict with 'label', 'trainable' and 'accuracy', "
                         f"got {type(result).__name__}")
@@ -258,7 +258,7 @@ def _check_result(i: int, result: object) -> tuple[str, int, float, str | None]:
         raise ValueError(f"results[{i}] lacks {missing}; each result needs 'label' (str), "
                          "'trainable' (int >= 1) and 'accuracy' (in [0, 1])")
     label, trainable, accuracy = result["label"], result["trainable"], result["accuracy"]
-    group = result.get("group")
+    group, std = result.get("group"), result.get("std")
     if not isinstance(label, str) or (group is not None and not isinstance(group, str)):
         raise TypeError(f"results[{i}]: 'label' and 'group' must be strings, got "
                         f"{label!r} and {group!r}")
@@ -269,7 +269,39 @@ def _check_result(i: int, result: object) -> tuple[str, int, float, str | None]:
     if not 0.0 <= accuracy <= 1.0:  # also rejects NaN
         raise ValueError(f"results[{i}]['accuracy'] must be in [0, 1] (a fraction, not a "
                          f"percentage), got {accuracy!r}")
-    return label, int(trainable), float(accuracy), group
+    if std is not None:
+        if isinstance(std, bool) or not isinstance(std, numbers.Real):
+            raise TypeError(f"results[{i}]['std'] must be a number >= 0 (the spread of the "
+                            f"accuracy over seeds) or absent, got {std!r}")
+        if not 0.0 <= std <= 1.0:  # also rejects NaN
+            raise ValueError(f"results[{i}]['std'] must be in [0, 1] (a spread of accuracies, "
+                             f"as a fraction), got {std!r}")
+        std = float(std)
+    return label, int(trainable), float(accuracy), group, std
+
+
+LABEL_STEP_PT = 11.0
+"""Vertical distance (points) between the labels of points that share one x value."""
+
+
+def _label_offsets(checked: Sequence[tuple[str, int, float, str | None, float | None]]
+                   ) -> list[tuple[float, float]]:
+    """Text offsets (points) for the labels, so that points with the same x don't overprint.
+
+    A point's label sits up and to the right of it. Points with equal ``trainable`` (the same x,
+    e.g. two LoRA configurations with the same budget) get their labels stacked downwards in
+    order of decreasing accuracy, ``LABEL_STEP_PT`` apart, so two equal accuracies still give two
+    readable labels.
+    """
+    offsets = [(4.0, 4.0)] * len(checked)
+    same_x: dict[int, list[int]] = {}
+    for i, (_, trainable, *_) in enumerate(checked):
+        same_x.setdefault(trainable, []).append(i)
+    for indices in same_x.values():
+        ranked = sorted(indices, key=lambda i: -checked[i][2])  # highest accuracy first
+        for k, i in enumerate(ranked):
+            offsets[i] = (4.0, 4.0 - LABEL_STEP_PT * k)
+    return offsets
 
 
 def plot_accuracy_vs_parameters(results: Sequence[Mapping[str, object]], ax: Axes | None = None,
@@ -277,11 +309,13 @@ def plot_accuracy_vs_parameters(results: Sequence[Mapping[str, object]], ax: Axe
     """Test accuracy against the number of trainable parameters (log x), one labelled point each.
 
     Args:
-        results: one mapping per trained model, with ``"label"`` (str, written next to the
-            point), ``"trainable"`` (int >= 1, the x value), ``"accuracy"`` (in [0, 1], the y
-            value) and optionally ``"group"`` (str). Points of one group share a colour and a
+        results: one mapping per method, with ``"label"`` (str, written next to the point),
+            ``"trainable"`` (int >= 1, the x value), ``"accuracy"`` (in [0, 1], the y value;
+            e.g. a mean over seeds), optionally ``"std"`` (in [0, 1]: drawn as an error bar of
+            ± std) and optionally ``"group"`` (str). Points of one group share a colour and a
             legend entry and are joined by a line in order of ``trainable`` (e.g. a rank sweep);
-            points without a group are drawn one colour each, named by their label.
+            points without a group are drawn one colour each, named by their label. Labels of
+            points with the same ``trainable`` are stacked so that they stay readable.
         ax: axes to draw into; a new figure if None.
         title: the axes title (default "Accuracy against trainable parameters").
     Returns:
@@ -293,16 +327,22 @@ def plot_accuracy_vs_parameters(results: Sequence[Mapping[str, object]], ax: Axe
     if not results:
         raise ValueError("results is empty; pass at least one {'label', 'trainable', 'accuracy'}")
     checked = [_check_result(i, r) for i, r in enumerate(results)]
-    series: dict[str, list[tuple[int, float]]] = {}  # legend name -> points, in first-seen order
-    for label, trainable, accuracy, group in checked:
-        series.setdefault(group if group is not None else label, []).append((trainable, accuracy))
+    series: dict[str, list[tuple[int, float, float | None]]] = {}  # legend name -> points
+    for label, trainable, accuracy, group, std in checked:
+        series.setdefault(group if group is not None else label, []).append(
+            (trainable, accuracy, std))
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 4.2), layout="constrained")
     for (name, points), color in zip(series.items(), sns.color_palette(n_colors=len(series))):
-        xs, ys = zip(*sorted(points))
+        points = sorted(points, key=lambda p: p[:2])
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
         ax.plot(xs, ys, "o-" if len(xs) > 1 else "o", color=color, label=name)
-    for label, trainable, accuracy, _ in checked:
-        ax.annotate(label, (trainable, accuracy), xytext=(4, 4), textcoords="offset points",
+        errors = [(x, y, s) for x, y, s in points if s is not None]
+        if errors:  # bars only: the line above carries the legend entry
+            ex, ey, es = zip(*errors)
+            ax.errorbar(ex, ey, yerr=es, fmt="none", ecolor=color, elinewidth=1, capsize=3)
+    for (label, trainable, accuracy, _, _), offset in zip(checked, _label_offsets(checked)):
+        ax.annotate(label, (trainable, accuracy), xytext=offset, textcoords="offset points",
                     fontsize="small")
     ax.set_xscale("log")
     ax.margins(x=0.15, y=0.08)  # room for the labels of the outermost points

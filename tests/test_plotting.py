@@ -354,3 +354,68 @@ def test_accuracy_plot_draws_into_a_given_axes_with_a_default_title():
 def test_accuracy_plot_bad_input(results, error, match):
     with pytest.raises(error, match=match):
         plot_accuracy_vs_parameters(results)
+
+
+SAME_BUDGET = [  # two configurations with one parameter count (paper's Table 5 question)
+    {"label": "r=16", "trainable": 17_674, "accuracy": 0.836, "std": 0.01, "group": "LoRA q,v"},
+    {"label": "r=4", "trainable": 5_386, "accuracy": 0.80, "std": 0.02, "group": "LoRA q,v"},
+    {"label": "q,k,v,o r=8", "trainable": 17_674, "accuracy": 0.836, "std": 0.015},
+    {"label": "full", "trainable": 400_778, "accuracy": 0.88},  # no std: no error bar
+]
+
+
+def _error_bars(ax):
+    # The vertical bars errorbar() draws: one LineCollection per call, segments [(x, y-s), (x, y+s)].
+    return {(float(seg[0][0]), round(float(seg[0][1]), 6), round(float(seg[1][1]), 6))
+            for c in ax.collections for seg in c.get_segments()}
+
+
+def test_accuracy_plot_draws_error_bars_of_plus_minus_std():
+    ax = plot_accuracy_vs_parameters(SAME_BUDGET)
+    assert _error_bars(ax) == {(17_674.0, 0.826, 0.846), (5_386.0, 0.78, 0.82),
+                               (17_674.0, 0.821, 0.851)}  # none for "full", which has no std
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["LoRA q,v", "q,k,v,o r=8", "full"]  # bars add no legend entries
+    named = [line for line in ax.get_lines() if not line.get_label().startswith("_")]
+    assert [line.get_label() for line in named] == legend
+    assert named[0].get_xdata().tolist() == [5_386, 17_674]  # the group is still one joined line
+
+
+def test_accuracy_plot_without_std_draws_no_error_bars():
+    assert _error_bars(plot_accuracy_vs_parameters(RESULTS)) == set()
+
+
+def test_accuracy_plot_stacks_labels_of_points_with_the_same_budget():
+    ax = plot_accuracy_vs_parameters(SAME_BUDGET)
+    notes = {t.get_text(): t for t in ax.texts}
+    assert set(notes) == {"r=16", "r=4", "q,k,v,o r=8", "full"}
+    assert notes["r=16"].xy == notes["q,k,v,o r=8"].xy == (17_674, 0.836)  # anchored at the point
+    first, second = notes["r=16"].xyann, notes["q,k,v,o r=8"].xyann  # offsets in points
+    assert first[0] == second[0] and abs(first[1] - second[1]) >= 10  # one above the other
+    assert notes["r=4"].xyann == notes["full"].xyann == (4.0, 4.0)  # alone: the usual place
+    # Drawn, the two labels' boxes do not overlap.
+    ax.figure.canvas.draw()
+    renderer = ax.figure.canvas.get_renderer()
+    box1, box2 = (notes[k].get_window_extent(renderer) for k in ("r=16", "q,k,v,o r=8"))
+    assert not box1.overlaps(box2)
+    plt.close(ax.figure)
+
+
+def test_accuracy_plot_stacks_labels_by_accuracy():
+    # The more accurate point's label goes on top, whatever the input order.
+    results = [{"label": "low", "trainable": 10, "accuracy": 0.5},
+               {"label": "high", "trainable": 10, "accuracy": 0.9}]
+    notes = {t.get_text(): t.xyann for t in plot_accuracy_vs_parameters(results).texts}
+    assert notes["high"][1] > notes["low"][1]
+
+
+@pytest.mark.parametrize("std,error,match", [
+    (-0.01, ValueError, r"\['std'\] must be in \[0, 1\]"),
+    (float("nan"), ValueError, r"\['std'\] must be in \[0, 1\]"),
+    (2.0, ValueError, "a spread of accuracies"),
+    ("0.01", TypeError, r"\['std'\] must be a number"),
+    (True, TypeError, r"\['std'\] must be a number"),
+])
+def test_accuracy_plot_bad_std(std, error, match):
+    with pytest.raises(error, match=match):
+        plot_accuracy_vs_parameters([{"label": "a", "trainable": 1, "accuracy": 0.5, "std": std}])
