@@ -1,6 +1,5 @@
 """Plot smoke tests on the Agg backend: structure, titles, colour limits, speed, bad input."""
 
-import time
 
 import matplotlib
 
@@ -72,12 +71,10 @@ def test_zero_matrix_gets_a_valid_colour_scale():
     assert mesh(plot_heatmap(np.zeros((3, 3)))).get_clim() == (-1.0, 1.0)
 
 
-def test_large_matrix_is_block_averaged_and_plots_quickly():
+def test_large_matrix_is_block_averaged():
     w = torch.randn(1000, 1000, generator=torch.Generator().manual_seed(0))
-    start = time.perf_counter()
     ax = plot_heatmap(w, title="W")
     ax.figure.canvas.draw()
-    assert time.perf_counter() - start < 5.0
     assert mesh(ax).get_array().shape == (125, 125)  # 8×8 blocks
     assert ax.get_title() == "W (1000×1000)\nshown as 8×8 block means"
     # Each displayed cell is the mean of its block.
@@ -146,10 +143,8 @@ def test_decomposition_of_a_merged_layer_shows_the_original_w0():
 def test_decomposition_of_a_large_layer_is_downsampled():
     torch.manual_seed(0)
     layer = LoRALinear(nn.Linear(768, 512), r=8, init_lora_weights=False)
-    start = time.perf_counter()
     fig = plot_lora_decomposition(layer)
     fig.canvas.draw()
-    assert time.perf_counter() - start < 5.0
     shapes = [mesh(ax).get_array().shape for ax in heatmaps(fig)]
     assert shapes == [(128, 128), (128, 8), (8, 128), (128, 128), (128, 128)]
     assert "shown as 4×6 block means" in heatmaps(fig)[0].get_title()
