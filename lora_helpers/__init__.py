@@ -81,6 +81,7 @@ from .training import (
     evaluate,
     optimizer_state_bytes,
     pretrain_digits_classifier,
+    progress_bar,
     sweep_learning_rate,
     train,
     train_language_model,

@@ -19,7 +19,7 @@ from .data import DigitsSplit, load_digits_split
 from .models import TinyTransformerClassifier
 from .text import sample_batch
 
-__all__ = ["History", "LRSweep", "train", "evaluate", "optimizer_state_bytes", "pretrain_digits_classifier",
+__all__ = ["History", "LRSweep", "progress_bar", "train", "evaluate", "optimizer_state_bytes", "pretrain_digits_classifier",
            "sweep_learning_rate", "train_language_model", "bits_per_character"]
 
 
@@ -44,6 +44,16 @@ def _show_progress(progress: bool) -> bool:
     explicitly, so without this check a bar would still be drawn (and stored) under the tests.
     """
     return bool(progress) and os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("1", "true", "yes")
+
+
+def progress_bar(iterable=None, **kwargs) -> tqdm:
+    """A ``tqdm.auto`` progress bar for a notebook's own loops, off when ``TQDM_DISABLE`` is set.
+
+    ``tqdm.auto`` draws a widget in Jupyter, and tqdm's notebook bars ignore ``TQDM_DISABLE``;
+    the tests set it so that stored notebook outputs hold no bars. Takes tqdm's arguments
+    (``total=``, ``desc=``, ...).
+    """
+    return tqdm(iterable, disable=not _show_progress(True), **kwargs)
 
 
 def _check_data(x: torch.Tensor, y: torch.Tensor, what: str) -> None:

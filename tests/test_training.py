@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lora_helpers import (apply_lora, evaluate, load_digits_split, optimizer_state_bytes, sweep_learning_rate, train,
+from lora_helpers import (apply_lora, evaluate, load_digits_split, optimizer_state_bytes, progress_bar, sweep_learning_rate, train,
                           TinyTransformerClassifier)
 
 
@@ -139,8 +139,10 @@ def test_progress_bars_respect_tqdm_disable(monkeypatch, capsys, env, shown):
     x, y = torch.randn(8, 3), torch.arange(8) % 2
     train(nn.Linear(3, 2), x, y, epochs=2, lr=1e-2, progress=True)
     sweep_learning_rate(lambda lr, seed: 0.5, [1e-3, 1e-2, 1e-1], progress=True)
+    assert list(progress_bar(range(3), desc="own loop")) == [0, 1, 2]
     err = capsys.readouterr().err
-    assert ("epochs" in err and "lr sweep" in err) == shown, err
+    assert ("epochs" in err and "lr sweep" in err and "own loop" in err) == shown, err
+    assert ("epochs" in err or "lr sweep" in err or "own loop" in err) == shown, err
 # ---------------------------------------------------------------- language models
 from lora_helpers import CharGPT, bits_per_character, train_language_model  # noqa: E402
 
