@@ -12,18 +12,19 @@ from lora_helpers import (CharGPT, CharTokenizer, MultiHeadSelfAttention, TinyTr
 
 @settings(max_examples=20, deadline=None)
 @given(n_heads=st.sampled_from([1, 2, 4]), d_head=st.integers(1, 8), batch=st.integers(1, 3),
-       seq=st.integers(1, 6), seed=st.integers(0, 1000))
-def test_attention_equals_scaled_dot_product_attention(n_heads, d_head, batch, seq, seed):
+       seq=st.integers(1, 6), seed=st.integers(0, 1000), causal=st.booleans())
+def test_attention_equals_scaled_dot_product_attention(n_heads, d_head, batch, seq, seed, causal):
+    # Bidirectional (the classifier's default) and causal (CharGPT's, is_causal=True in torch).
     torch.manual_seed(seed)
     d = n_heads * d_head
-    attn = MultiHeadSelfAttention(d, n_heads)
+    attn = MultiHeadSelfAttention(d, n_heads, causal=causal)
     x = torch.randn(batch, seq, d)
 
     def heads(t):
         return t.view(batch, seq, n_heads, d_head).transpose(1, 2)
 
     ref = nn.functional.scaled_dot_product_attention(
-        heads(attn.q_proj(x)), heads(attn.k_proj(x)), heads(attn.v_proj(x)))
+        heads(attn.q_proj(x)), heads(attn.k_proj(x)), heads(attn.v_proj(x)), is_causal=causal)
     ref = attn.out_proj(ref.transpose(1, 2).reshape(batch, seq, d))
     assert torch.allclose(attn(x), ref, atol=1e-5)
 
@@ -115,24 +116,6 @@ def test_bad_input_shapes():
 
 
 # ---------------------------------------------------------------- causal attention, CharGPT
-@settings(max_examples=20, deadline=None)
-@given(n_heads=st.sampled_from([1, 2, 4]), d_head=st.integers(1, 8), batch=st.integers(1, 3),
-       seq=st.integers(1, 6), seed=st.integers(0, 1000))
-def test_causal_attention_equals_sdpa_with_is_causal(n_heads, d_head, batch, seq, seed):
-    torch.manual_seed(seed)
-    d = n_heads * d_head
-    attn = MultiHeadSelfAttention(d, n_heads, causal=True)
-    x = torch.randn(batch, seq, d)
-
-    def heads(t):
-        return t.view(batch, seq, n_heads, d_head).transpose(1, 2)
-
-    ref = nn.functional.scaled_dot_product_attention(
-        heads(attn.q_proj(x)), heads(attn.k_proj(x)), heads(attn.v_proj(x)), is_causal=True)
-    ref = attn.out_proj(ref.transpose(1, 2).reshape(batch, seq, d))
-    assert torch.allclose(attn(x), ref, atol=1e-5)
-
-
 def test_causal_attention_ignores_the_future():
     torch.manual_seed(0)
     attn = MultiHeadSelfAttention(8, 2, causal=True)
