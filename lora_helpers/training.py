@@ -227,7 +227,7 @@ class LRSweep:
         lines = [f"{label}" if label else "", f"{'lr':>10}  {'mean':>8}  {'std':>7}"]
         for i, lr in enumerate(self.lrs):
             mark = " *" if i == self.best_index else ""
-            lines.append(f"{lr:>10.0e}  {self.mean[i]:>8.4f}  {self.std[i]:>7.4f}{mark}")
+            lines.append(f"{lr:>10.3g}  {self.mean[i]:>8.4f}  {self.std[i]:>7.4f}{mark}")
         return "\n".join(line for line in lines if line)
 
 

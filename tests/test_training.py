@@ -108,7 +108,9 @@ def test_sweep_learning_rate_picks_the_best_mean_and_knows_the_edges():
     assert calls == [(lr, s) for lr in (1e-3, 3e-3, 1e-2) for s in (0, 1)]
     assert sweep.best_lr == 3e-3 and sweep.inside_grid and sweep.check_inside_grid() == 3e-3
     assert sweep.mean == pytest.approx([0.5, 0.9, 0.7]) and sweep.std[0] == pytest.approx(0.02828, rel=1e-3)
-    assert "3e-03" in sweep.table() and sweep.table().count("*") == 1
+    assert "0.003" in sweep.table() and sweep.table().count("*") == 1
+    rows = sweep_learning_rate(lambda lr, seed: lr, [2.5e-3, 5e-3, 0.16], progress=False).table().splitlines()
+    assert [row.split()[0] for row in rows[1:]] == ["0.0025", "0.005", "0.16"]  # each rate as given, not rounded
     losses = sweep_learning_rate(lambda lr, seed: lr, [1e-3, 3e-3, 1e-2], higher_is_better=False,
                                  progress=False)
     assert losses.best_lr == 1e-3 and not losses.inside_grid
