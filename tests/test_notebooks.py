@@ -5,11 +5,14 @@ These checks read the .ipynb files; executing them is nbval's job (the same pyte
 
 import json
 import re
+import sys
 from pathlib import Path
 
+import nbformat
 import pytest
 
-NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = ROOT / "notebooks"
 EXPECTED = [
     "01_introduction.ipynb",
     "02_mathematical_formulation.ipynb",
@@ -122,3 +125,18 @@ class TestNotebook:
         for cell in code_cells(load(path)):
             if re.search(r"\btqdm\b|perf_counter|time\.time\(", source(cell)) and cell["outputs"]:
                 assert "NBVAL_IGNORE_OUTPUT" in source(cell), source(cell)[:200]
+
+
+def test_seed_robustness_script_still_finds_its_lines():
+    # scripts/check_seed_robustness.py edits one line of notebook 08 and stops after one cell;
+    # if either moves or is renamed, the script (run by hand) would fail, so catch it here.
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import check_seed_robustness as script
+
+    sources = [cell.source for cell in nbformat.read(script.NOTEBOOK, as_version=4).cells]
+    assert sum(script.SEEDS_LINE in s for s in sources) == 1
+    assert sum(s.startswith(script.LAST_CELL) for s in sources) == 1
+    assert script.parse("3,4,5") == ((3, 4), 5)
+    for bad in ("3,4", "3,3,5", "-1,2,3"):
+        with pytest.raises(ValueError, match="at least three different"):
+            script.parse(bad)
