@@ -2,9 +2,11 @@
 
     python benchmarks/bench_dora.py                    # d=2048, r=8, batch 256
     python benchmarks/bench_dora.py --repeats 50
+    python benchmarks/bench_dora.py --threads 1 --no-input-grad   # other setups, same ratios
 
 Every layer wraps a frozen (d, d) ``nn.Linear`` (r=8, lora_alpha=16, no dropout, A and B random,
-so ΔW ≠ 0), and every step is forward + backward with an input that requires grad. Each ratio is
+so ΔW ≠ 0), and every step is forward + backward with an input that requires grad (unless
+``--no-input-grad``). Each ratio is
 measured side by side in one run (alternating, median of paired repeats, as in
 ``bench_lora_linear.py``):
 
@@ -14,7 +16,7 @@ measured side by side in one run (alternating, median of paired repeats, as in
   formed (out, in) matrix ``W0 + s·BA`` (``dora.weight_norm_reference``) instead of from small
   products, and the whole layer through autograd (``LoRALinear.forward_autograd``).
 
-PEFT is optional (``pip install peft``); without it the PEFT rows are skipped.
+PEFT is in requirements.txt; in an environment without it the PEFT rows are skipped.
 """
 
 from __future__ import annotations
@@ -96,12 +98,23 @@ def autograd_step(dora: LoRALinear, x: torch.Tensor, grad: torch.Tensor) -> Call
 
 
 def main() -> None:
-    args = size_arguments(__doc__).parse_args()
+    parser = size_arguments(__doc__)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch's CPU threads (default: torch's own choice)")
+    parser.add_argument("--no-input-grad", action="store_true",
+                        help="the input needs no gradient, as for a network's first layer; the "
+                             "nn.Linear rows are skipped (a frozen layer then has no backward pass)")
+    args = parser.parse_args()
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads {args.threads}: give a positive number of threads, e.g. 1")
+        torch.set_num_threads(args.threads)
     has_peft = importlib.util.find_spec("peft") is not None
     version = f", peft {__import__('peft').__version__}" if has_peft else " (peft not installed)"
     print(f"torch {torch.__version__}{version}, {torch.get_num_threads()} threads, d={args.d}, "
-          f"r={args.r}, batch={args.batch}, {args.repeats} paired repeats (median)")
-    x = torch.randn(args.batch, args.d, requires_grad=True)
+          f"r={args.r}, batch={args.batch}, {args.repeats} paired repeats (median), input "
+          f"{'without' if args.no_input_grad else 'with'} gradient")
+    x = torch.randn(args.batch, args.d, requires_grad=not args.no_input_grad)
     grad = torch.randn(args.batch, args.d)
     lora, base = make_pair(args.d, args.r)
     dora = dora_layer(lora)
@@ -116,14 +129,16 @@ def main() -> None:
         theirs = peft_dora_layer(dora)
         torch.testing.assert_close(theirs(x), dora(x), rtol=1e-4, atol=1e-4)  # the same layer
         rows.append(("DoRA / PEFT's DoRA   (target <= 0.6)", ratio(ours, train_step(theirs, x, grad))))
-    rows += [
-        ("DoRA / LoRA", ratio(ours, train_step(lora, x, grad))),
-        ("DoRA / nn.Linear", ratio(ours, train_step(base, x, grad))),
-        ("LoRA / nn.Linear", ratio(train_step(lora, x, grad), train_step(base, x, grad))),
-    ]
-    if has_peft:
+    rows.append(("DoRA / LoRA", ratio(ours, train_step(lora, x, grad))))
+    if not args.no_input_grad:
+        rows += [
+            ("DoRA / nn.Linear", ratio(ours, train_step(base, x, grad))),
+            ("LoRA / nn.Linear", ratio(train_step(lora, x, grad), train_step(base, x, grad))),
+        ]
+    if has_peft and not args.no_input_grad:
         rows.append(("PEFT's DoRA / nn.Linear", ratio(train_step(theirs, x, grad),
                                                       train_step(base, x, grad))))
+    if has_peft:
         rows.append(("PEFT's DoRA / PEFT's LoRA", ratio(
             train_step(theirs, x, grad), train_step(peft_lora_layer(dora), x, grad))))
     rows += [

@@ -46,6 +46,14 @@ def test_bench_dora_runs_and_prints_every_ratio():
     assert all(value > 0 for value in ratios.values())
 
 
+def test_bench_dora_other_setups():
+    result = run("bench_dora.py", "--d", "32", "--r", "4", "--batch", "8", "--repeats", "3",
+                 "--threads", "1", "--no-input-grad")
+    assert result.returncode == 0, result.stderr
+    assert "1 threads" in result.stdout and "input without gradient" in result.stdout
+    assert "DoRA / LoRA" in result.stdout and "nn.Linear" not in result.stdout.split("ratio of medians")[1]
+
+
 def test_bench_nf4_runs_and_prints_every_ratio():
     result = run("bench_nf4.py", "--d", "64", "--r", "4", "--batch", "8", "--repeats", "3")
     assert result.returncode == 0, result.stderr
