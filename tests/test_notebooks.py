@@ -128,13 +128,14 @@ class TestNotebook:
 
 
 def test_seed_robustness_script_still_finds_its_lines():
-    # scripts/check_seed_robustness.py edits one line of notebook 08 and stops after one cell;
+    # scripts/check_seed_robustness.py edits two lines of notebook 08 and stops after one cell;
     # if either moves or is renamed, the script (run by hand) would fail, so catch it here.
     sys.path.insert(0, str(ROOT / "scripts"))
     import check_seed_robustness as script
 
     sources = [cell.source for cell in nbformat.read(script.NOTEBOOK, as_version=4).cells]
     assert sum(script.SEEDS_LINE in s for s in sources) == 1
+    assert sum(script.Q_SEEDS_LINE in s for s in sources) == 1
     assert sum(s.startswith(script.LAST_CELL) for s in sources) == 1
     assert script.parse("3,4,5") == ((3, 4), 5)
     for bad in ("3,4", "3,3,5", "-1,2,3"):
