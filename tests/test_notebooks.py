@@ -138,6 +138,6 @@ def test_seed_robustness_script_still_finds_its_lines():
     assert sum(script.Q_SEEDS_LINE in s for s in sources) == 1
     assert sum(s.startswith(script.LAST_CELL) for s in sources) == 1
     assert script.parse("3,4,5") == ((3, 4), 5)
-    for bad in ("3,4", "3,3,5", "-1,2,3"):
+    for bad in ("3,4", "3,3,5", "-1,2,3", "3,four,5"):
         with pytest.raises(ValueError, match="at least three different"):
             script.parse(bad)
