@@ -1,13 +1,11 @@
 """Small, explicit training loops (classifiers; next-character language models), their
-evaluation, what the optimizer holds, and a fair learning-rate sweep."""
+evaluation, and what the optimizer holds. The learning-rate sweep is in ``sweep``."""
 
 from __future__ import annotations
 
 import math
 import os
-import statistics
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -19,8 +17,8 @@ from .data import DigitsSplit, load_digits_split
 from .models import TinyTransformerClassifier
 from .text import sample_batch
 
-__all__ = ["History", "LRSweep", "progress_bar", "train", "evaluate", "optimizer_state_bytes", "pretrain_digits_classifier",
-           "sweep_learning_rate", "train_language_model", "bits_per_character"]
+__all__ = ["History", "progress_bar", "train", "evaluate", "optimizer_state_bytes", "pretrain_digits_classifier",
+           "train_language_model", "bits_per_character"]
 
 
 @dataclass
@@ -172,104 +170,6 @@ def pretrain_digits_classifier(seed: int = 0, epochs: int = 20, lr: float = 3e-3
     history = train(model, split.x_train, split.y_train, epochs=epochs, lr=lr, seed=seed,
                     progress=progress)
     return model, split, history
-
-
-@dataclass
-class LRSweep:
-    """What ``sweep_learning_rate`` measured.
-
-    ``scores[i][j]`` is the validation score of ``lrs[i]`` with ``seeds[j]``; ``mean`` and ``std``
-    are over seeds (``std`` is the sample standard deviation, 0.0 for one seed).
-    """
-
-    lrs: list[float]
-    seeds: list[int]
-    scores: list[list[float]]
-    higher_is_better: bool = True
-
-    @property
-    def mean(self) -> list[float]:
-        return [statistics.fmean(row) for row in self.scores]
-
-    @property
-    def std(self) -> list[float]:
-        return [statistics.stdev(row) if len(row) > 1 else 0.0 for row in self.scores]
-
-    @property
-    def best_index(self) -> int:
-        pick = max if self.higher_is_better else min
-        return pick(range(len(self.lrs)), key=lambda i: self.mean[i])
-
-    @property
-    def best_lr(self) -> float:
-        return self.lrs[self.best_index]
-
-    @property
-    def best_score(self) -> float:
-        return self.mean[self.best_index]
-
-    @property
-    def inside_grid(self) -> bool:
-        """True when the best learning rate is neither the smallest nor the largest tried."""
-        return 0 < self.best_index < len(self.lrs) - 1
-
-    def check_inside_grid(self, name: str = "") -> float:
-        """Return ``best_lr``, or raise ``ValueError`` if it sits on the edge of the grid."""
-        if not self.inside_grid:
-            side = "smallest" if self.best_index == 0 else "largest"
-            raise ValueError(f"{name + ': ' if name else ''}the best learning rate {self.best_lr:g} "
-                             f"is the {side} of the grid {self.lrs}: the optimum may lie outside "
-                             f"it; extend the grid on that side")
-        return self.best_lr
-
-    def table(self, label: str = "") -> str:
-        """The sweep as text: one line per learning rate, the best one marked with ``*``."""
-        lines = [f"{label}" if label else "", f"{'lr':>10}  {'mean':>8}  {'std':>7}"]
-        for i, lr in enumerate(self.lrs):
-            mark = " *" if i == self.best_index else ""
-            lines.append(f"{lr:>10.3g}  {self.mean[i]:>8.4f}  {self.std[i]:>7.4f}{mark}")
-        return "\n".join(line for line in lines if line)
-
-
-def sweep_learning_rate(run: Callable[[float, int], float], lrs: Sequence[float], *,
-                        seeds: Sequence[int] = (0,), higher_is_better: bool = True,
-                        progress: bool = True, desc: str = "lr sweep") -> LRSweep:
-    """Score every learning rate of a grid with every seed, on validation data.
-
-    The same function serves every method of a comparison, so each is tuned the same way:
-    ``run(lr, seed)`` builds a fresh model, trains it with ``lr`` and returns its score on the
-    *validation* split (accuracy, or a loss with ``higher_is_better=False``). The test set plays
-    no part. The best learning rate is the one with the best mean over seeds; check that it lies
-    inside the grid with ``LRSweep.check_inside_grid()``.
-
-    Args:
-        run: ``(lr, seed) -> validation score``.
-        lrs: the grid, strictly increasing positive numbers (at least 3, so that a best value
-            can lie inside it).
-        seeds: the seeds to average over.
-        higher_is_better: whether a larger score is better.
-        progress: a ``tqdm.auto`` bar over the ``len(lrs) * len(seeds)`` runs.
-    """
-    lrs = [float(lr) for lr in lrs]
-    if len(lrs) < 3 or any(not (math.isfinite(lr) and lr > 0) for lr in lrs) \
-            or any(b <= a for a, b in zip(lrs, lrs[1:])):
-        raise ValueError(f"lrs must be at least 3 increasing positive numbers, got {lrs}; "
-                         f"e.g. [1e-3, 3e-3, 1e-2]")
-    seeds = [check_int(seed, "seed", low=0) for seed in seeds]
-    if not seeds:
-        raise ValueError("seeds is empty: pass at least one seed, e.g. seeds=(0,)")
-    scores = []
-    with tqdm(total=len(lrs) * len(seeds), desc=desc, disable=not _show_progress(progress), leave=False) as bar:
-        for lr in lrs:
-            row = []
-            for seed in seeds:
-                score = float(run(lr, seed))
-                if not math.isfinite(score):
-                    score = -math.inf if higher_is_better else math.inf  # diverged: worst
-                row.append(score)
-                bar.update()
-            scores.append(row)
-    return LRSweep(lrs, seeds, scores, higher_is_better)
 
 
 def _check_ids(data: torch.Tensor, what: str) -> None:
