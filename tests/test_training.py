@@ -163,6 +163,10 @@ def test_sweep_learning_rate_treats_divergence_as_worst():
     sweep = sweep_learning_rate(lambda lr, seed: float("nan") if lr > 5e-3 else lr,
                                 [1e-3, 3e-3, 1e-2], progress=False)
     assert sweep.best_lr == 3e-3
+    # a diverged loss is the worst loss (+inf), not the best
+    losses = sweep_learning_rate(lambda lr, seed: float("nan") if lr < 2e-3 else lr,
+                                 [1e-3, 3e-3, 1e-2], higher_is_better=False, progress=False)
+    assert losses.scores[0] == [float("inf")] and losses.best_lr == 3e-3
 
 
 @pytest.mark.parametrize("lrs", [[1e-3, 1e-2], [1e-2, 1e-3, 1e-1], [0.0, 1e-3, 1e-2], [1e-3, 1e-3, 1e-2]])
