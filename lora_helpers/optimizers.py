@@ -26,22 +26,14 @@ refused here with a pointer to ``loraplus_weight_decay``.
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import torch
 from torch import nn
 
+from ._checks import check_positive
+
 __all__ = ["create_loraplus_optimizer", "loraplus_parameter_groups"]
-
-
-def _positive(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a positive number, got {value!r}")
-    if not value > 0:  # also catches NaN
-        raise ValueError(f"{name} must be > 0, got {value}; e.g. {name}=16 for the ratio "
-                         "(PEFT's example), or a learning rate such as 1e-3")
-    return float(value)
 
 
 def _decayed_names(model: nn.Module) -> set[str]:
@@ -94,8 +86,8 @@ def create_loraplus_optimizer(model: nn.Module, optimizer_cls: type[torch.optim.
         ``optimizer_cls`` with four parameter groups, in PEFT's order: A, embedding, B,
         B without weight decay (a group may be empty).
     """
-    lr = _positive(lr, "lr")
-    ratio = _positive(loraplus_lr_ratio, "loraplus_lr_ratio")
+    lr = check_positive(lr, "lr", "1e-3")
+    ratio = check_positive(loraplus_lr_ratio, "loraplus_lr_ratio", "16")
     if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
         raise TypeError(f"optimizer_cls must be a torch.optim.Optimizer class, got "
                         f"{optimizer_cls!r}; e.g. torch.optim.AdamW")

@@ -171,11 +171,21 @@ def subspace_similarity(a1: Matrix, a2: Matrix, i: int, j: int) -> float:
     ``φ(A1, A2, i, j) = ||U1_i^T U2_j||_F² / min(i, j)``, where ``U1_i`` ``(in, i)`` holds the top-i
     right singular vectors of ``a1`` ``(r1, in_features)`` (its top input directions) and ``U2_j``
     ``(in, j)`` the top-j of ``a2`` ``(r2, in_features)``. 1 when one subspace contains the other,
-    0 when they are orthogonal. ``1 <= i <= min(r1, in_features)``, likewise j.
+    0 when they are orthogonal. ``1 <= i <= min(r1, in_features)``, likewise j, and neither may
+    exceed its matrix's numerical rank (past it the singular directions are arbitrary: two zero
+    matrices would score φ = 1). ``subspace_similarity_grid`` fills every entry; read it only up
+    to the ranks.
     """
     v1, v2 = _right_singular_bases(a1, a2)
     i = check_int(i, "i", 1, v1.shape[1], f"a1 {tuple(a1.shape)} has {v1.shape[1]} directions")
     j = check_int(j, "j", 1, v2.shape[1], f"a2 {tuple(a2.shape)} has {v2.shape[1]} directions")
+    for name, a, k in (("a1", a1, i), ("a2", a2, j)):
+        rank = int(torch.linalg.matrix_rank(_as_matrix(a, name)))  # numerical rank (numpy's tolerance)
+        if k > rank:
+            raise ValueError(f"{'i' if name == 'a1' else 'j'}={k} is above the numerical rank {rank} "
+                             f"of {name} {tuple(_as_matrix(a, name).shape)}: its singular directions "
+                             f"past {rank} are arbitrary (a zero A has none), so φ would be "
+                             f"meaningless; use {'i' if name == 'a1' else 'j'} <= {rank}")
     overlap = v1[:, :i].T @ v2[:, :j]  # (i, in) @ (in, j) -> (i, j): cosines between directions
     return min(float(overlap.pow(2).sum()) / min(i, j), 1.0)  # min() only trims rounding
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._checks import check_int
+from ._checks import check_int, check_positive
 from .data import DigitsSplit, load_digits_split
 from .models import TinyTransformerClassifier
 from .text import sample_batch
@@ -90,9 +90,9 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, *, epo
     if x_val is not None:
         _check_data(x_val, y_val, "validation data")
     epochs, batch_size = check_int(epochs, "epochs"), check_int(batch_size, "batch_size")
-    if optimizer is None and not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
-    if optimizer is not None and lr is not None:
+    if optimizer is None:
+        lr = check_positive(lr, "lr", "1e-3")
+    elif lr is not None:
         raise ValueError(f"pass lr=None with optimizer=...: the optimizer's own learning rates "
                          f"are used, so lr={lr!r} would be ignored")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -137,6 +137,7 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, *, epo
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
     """Accuracy of ``model`` on ``(x, y)``, in [0, 1]; restores the model's train/eval mode."""
     _check_data(x, y, "evaluation data")
+    batch_size = check_int(batch_size, "batch_size")
     was_training = model.training
     model.eval()
     correct = 0
@@ -263,8 +264,7 @@ def train_language_model(model: nn.Module, data: torch.Tensor, *, steps: int, lr
         eval_every = check_int(eval_every, "eval_every")
         if val_data is None:
             raise ValueError("eval_every needs val_data to evaluate on")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise ValueError(f"lr must be a number > 0, got {lr!r}")
+    lr = check_positive(lr, "lr", "3e-3")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("no parameter requires grad: nothing to train (did you freeze everything?)")

@@ -67,11 +67,13 @@ def test_groups_equal_peft(ratio):
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    ({"loraplus_lr_ratio": 0}, ValueError, "loraplus_lr_ratio must be > 0"),
-    ({"loraplus_lr_ratio": -2.0}, ValueError, "loraplus_lr_ratio must be > 0"),
-    ({"loraplus_lr_ratio": math.nan}, ValueError, "loraplus_lr_ratio must be > 0"),
+    ({"loraplus_lr_ratio": 0}, ValueError, "loraplus_lr_ratio must be a finite number > 0"),
+    ({"loraplus_lr_ratio": -2.0}, ValueError, "loraplus_lr_ratio must be a finite number > 0"),
+    ({"loraplus_lr_ratio": math.nan}, ValueError, "loraplus_lr_ratio must be a finite number > 0"),
     ({"loraplus_lr_ratio": "16"}, TypeError, "loraplus_lr_ratio must be a positive number"),
-    ({"lr": 0.0}, ValueError, "lr must be > 0"),
+    ({"lr": 0.0}, ValueError, "lr must be a finite number > 0, got 0.0; pass e.g. lr=1e-3"),
+    ({"lr": math.inf}, ValueError, "lr must be a finite number > 0"),
+    ({"loraplus_lr_ratio": math.inf}, ValueError, "loraplus_lr_ratio must be a finite number > 0"),
     ({"weight_decay": 0.01}, TypeError, "loraplus_weight_decay=0.01"),
     ({"optimizer_cls": nn.Linear}, TypeError, "torch.optim.Optimizer"),
 ])

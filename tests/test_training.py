@@ -82,8 +82,14 @@ def test_bad_input(data):
         train(model, x, y, epochs=0, lr=1e-3)
     with pytest.raises(TypeError, match="batch_size must be an int, got 32.5"):
         train(model, x, y, epochs=1, lr=1e-3, batch_size=32.5)
-    with pytest.raises(ValueError, match="lr must be > 0"):
+    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
         train(model, x, y, epochs=1, lr=0)
+    with pytest.raises(TypeError, match="lr must be a positive number, got None .* pass e.g. lr=1e-3"):
+        train(model, x, y, epochs=1, lr=None)  # None is only for optimizer=...
+    with pytest.raises(ValueError, match="lr must be a finite number > 0, got inf"):
+        train(model, x, y, epochs=1, lr=float("inf"))
+    with pytest.raises(ValueError, match="batch_size=0 is out of range"):
+        evaluate(model, x, y, batch_size=0)
     with pytest.raises(ValueError, match="pass both x_val and y_val"):
         train(model, x, y, epochs=1, lr=1e-3, x_val=xv)
     frozen = copy.deepcopy(model).requires_grad_(False)
@@ -257,7 +263,7 @@ def test_language_model_functions_refuse_bad_input():
         train_language_model(model, data.float(), steps=1, lr=1e-3)
     with pytest.raises(ValueError, match="context=9 is longer than the model's context 8"):
         train_language_model(model, data, steps=1, lr=1e-3, context=9)
-    with pytest.raises(ValueError, match="lr must be a number > 0"):
+    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
         train_language_model(model, data, steps=1, lr=0)
     with pytest.raises(TypeError, match="steps must be an int"):
         train_language_model(model, data, steps=10.0, lr=1e-3)
