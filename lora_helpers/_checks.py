@@ -12,7 +12,10 @@ from __future__ import annotations
 import math
 import numbers
 
-__all__ = ["check_int", "check_positive"]
+import numpy as np
+import torch
+
+__all__ = ["as_matrix", "check_int", "check_positive"]
 
 
 def check_int(value: object, name: str, low: int = 1, high: int | None = None, why: str = "") -> int:
@@ -58,3 +61,35 @@ def check_positive(value: object, name: str, example: str) -> float:
     if not (math.isfinite(value) and value > 0):  # NaN fails both
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}; pass e.g. {name}={example}")
     return float(value)
+
+
+def as_matrix(w: object, name: str, nonfinite: str) -> torch.Tensor:
+    """Check that ``w`` is a finite, non-empty 2-D matrix; return a detached float64 CPU copy.
+
+    Args:
+        w: a ``torch.Tensor`` or ``numpy.ndarray`` ``(rows, cols)`` of real numbers.
+        name: the argument's name, for the message.
+        nonfinite: what NaN or inf breaks, for the message (e.g. "its SVD is undefined").
+    """
+    if isinstance(w, torch.Tensor):
+        if w.layout != torch.strided or w.is_complex():
+            raise TypeError(f"{name} must be a dense real tensor, got layout={w.layout}, "
+                            f"dtype={w.dtype}; use {name}.to_dense() or {name}.real")
+        t = w.detach().to(device="cpu", dtype=torch.float64)
+    elif isinstance(w, np.ndarray):
+        if w.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold real numbers, got a numpy array of dtype {w.dtype}")
+        t = torch.from_numpy(w.astype(np.float64))
+    else:
+        raise TypeError(f"{name} must be a 2-D torch.Tensor or numpy.ndarray, got "
+                        f"{type(w).__name__}; pass e.g. layer.weight, not the layer or a list")
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D matrix (rows, columns), got shape "
+                         f"{tuple(t.shape)}; reshape it or pick one matrix")
+    if t.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); it needs at least one row "
+                         "and one column")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or inf; {nonfinite} "
+                         "(check the training run that produced it)")
+    return t

@@ -221,6 +221,10 @@ class CharGPT(nn.Module):
         if not 1 <= seq <= self.context:
             raise ValueError(f"sequence length {seq} must be between 1 and the model's context "
                              f"{self.context}; crop to the last {self.context} tokens")
+        if idx.numel() and not (0 <= idx.min() and idx.max() < self.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.vocab_size}) for vocab_size="
+                             f"{self.vocab_size}, got {idx.min().item()}..{idx.max().item()}; "
+                             f"encode with the tokenizer this model was built for")
         x = self.tok_embed(idx) + self.pos_embed[:seq]  # (b, T, d)
         for block in self.blocks:
             x = block(x)  # (b, T, d)
@@ -251,7 +255,8 @@ def generate(model: CharGPT, idx: torch.Tensor, max_new_tokens: int, *, temperat
 
     Args:
         model: a ``CharGPT`` (its train/eval mode is restored afterwards; sampling runs in eval).
-        idx: the prompt, token ids ``(batch, T0)`` (``torch.long``, ``1 <= T0 <= model.context``).
+        idx: the prompt, token ids ``(batch, T0)`` (``torch.long``, ``T0 >= 1``); a prompt longer
+            than the context is read from its last ``model.context`` tokens (as nanoGPT crops).
         max_new_tokens: how many tokens to add (``>= 0``).
         temperature: ``> 0``; below 1 sharpens the distribution, above 1 flattens it.
         greedy: argmax instead of sampling.
@@ -265,9 +270,8 @@ def generate(model: CharGPT, idx: torch.Tensor, max_new_tokens: int, *, temperat
     if not isinstance(idx, torch.Tensor) or idx.dtype != torch.long or idx.dim() != 2:
         raise TypeError("the prompt must be token ids of dtype torch.long and shape (batch, T0), "
                         f"got {getattr(idx, 'dtype', type(idx).__name__)}; use tokenizer.encode(text)[None]")
-    if not 1 <= idx.shape[1] <= model.context:
-        raise ValueError(f"the prompt has {idx.shape[1]} tokens; it needs between 1 and the "
-                         f"model's context ({model.context})")
+    if idx.shape[1] < 1:
+        raise ValueError("the prompt is empty: it needs at least one token, e.g. a newline")
     if idx.numel() and not (0 <= idx.min() and idx.max() < model.vocab_size):
         raise ValueError(f"prompt ids must lie in [0, {model.vocab_size}), got "
                          f"{idx.min().item()}..{idx.max().item()}")

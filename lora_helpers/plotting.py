@@ -23,8 +23,8 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from ._checks import check_int
-from .rank import Matrix, _as_matrix, _check_threshold, _energy_rank
+from ._checks import as_matrix, check_int
+from .rank import Matrix, _check_threshold, _energy_rank
 
 __all__ = ["plot_heatmap", "plot_lora_decomposition", "plot_singular_values",
            "plot_subspace_similarity", "plot_accuracy_vs_parameters"]
@@ -47,6 +47,11 @@ def _block_mean(m: np.ndarray, max_size: int) -> tuple[np.ndarray, tuple[int, in
     padded[:rows, :cols], count[:rows, :cols] = m, 1.0
     sums = padded.reshape(nr, fr, nc, fc).sum(axis=(1, 3))  # (nr, nc)
     return sums / count.reshape(nr, fr, nc, fc).sum(axis=(1, 3)), (fr, fc)  # every block has >= 1
+
+
+def _as_matrix(w: object, name: str) -> torch.Tensor:
+    """``w`` as a float64 matrix, refused with a message when a heatmap cannot show it."""
+    return as_matrix(w, name, "a heatmap cannot show it")
 
 
 def _prepare(w: Matrix, name: str, max_size: int) -> tuple[np.ndarray, str, str]:

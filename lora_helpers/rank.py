@@ -21,7 +21,7 @@ import numbers
 import numpy as np
 import torch
 
-from ._checks import check_int
+from ._checks import as_matrix, check_int
 
 __all__ = [
     "singular_values", "top_singular_vectors", "low_rank_approximation", "reconstruction_error",
@@ -34,28 +34,7 @@ Matrix = torch.Tensor | np.ndarray
 
 def _as_matrix(w: object, name: str = "w") -> torch.Tensor:
     """Check that ``w`` is a finite, non-empty 2-D matrix; return a detached float64 CPU copy."""
-    if isinstance(w, torch.Tensor):
-        if w.layout != torch.strided or w.is_complex():
-            raise TypeError(f"{name} must be a dense real tensor, got layout={w.layout}, "
-                            f"dtype={w.dtype}; use {name}.to_dense() or {name}.real")
-        t = w.detach().to(device="cpu", dtype=torch.float64)
-    elif isinstance(w, np.ndarray):
-        if w.dtype.kind not in "biuf":
-            raise TypeError(f"{name} must hold real numbers, got a numpy array of dtype {w.dtype}")
-        t = torch.from_numpy(w.astype(np.float64))
-    else:
-        raise TypeError(f"{name} must be a 2-D torch.Tensor or numpy.ndarray, got "
-                        f"{type(w).__name__}; pass e.g. layer.weight, not the layer or a list")
-    if t.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D matrix (rows, columns), got shape "
-                         f"{tuple(t.shape)}; reshape it or pick one matrix")
-    if t.numel() == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); it needs at least one row "
-                         "and one column")
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name} contains NaN or inf; its SVD is undefined "
-                         "(check the training run that produced it)")
-    return t
+    return as_matrix(w, name, "its SVD is undefined")
 
 
 def _check_rank(r: object, t: torch.Tensor, name: str = "r") -> int:

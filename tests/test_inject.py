@@ -235,6 +235,11 @@ def test_disable_lora_gives_base_output_and_restores():
         with disable_lora(model):
             raise RuntimeError("boom")
     assert torch.equal(model(x), adapted)  # restored after an exception too
+    with disable_lora(model):  # nested: leaving the inner block keeps the outer one's state
+        with disable_lora(model):
+            pass
+        assert torch.equal(model(x), base(x))
+    assert torch.equal(model(x), adapted)
 
 
 def test_disable_lora_refuses_merged_and_plain_models():

@@ -182,6 +182,10 @@ def test_chargpt_refuses_bad_input():
         CharGPT(vocab_size=5, context=4.0)
     with pytest.raises(ValueError, match="vocab_size=0 is out of range"):
         CharGPT(vocab_size=0)
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, 5\) for vocab_size=5, got 0..5"):
+        model(torch.tensor([[0, 5]]))
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, 5\).*got -1..0"):
+        model(torch.tensor([[-1, 0]]))
 
 
 # ---------------------------------------------------------------- generate
@@ -257,12 +261,10 @@ def test_generate_refuses_bad_arguments(tiny_lm, kwargs, error, match):
 
 def test_generate_refuses_bad_prompts(tiny_lm):
     model, tok = tiny_lm
-    with pytest.raises(ValueError, match="the prompt has 7 tokens; it needs between 1 and the model's context \\(6\\)"):
-        generate_text(model, tok, "abcdefg", 3)
+    with pytest.raises(ValueError, match="the prompt is empty"):
+        generate(model, torch.zeros(1, 0, dtype=torch.long), 3)
     with pytest.raises(ValueError, match=r"characters \['z'\] are not in the vocabulary"):
         generate_text(model, tok, "az", 3)
-    with pytest.raises(ValueError, match="needs between 1"):
-        generate(model, torch.zeros(1, 0, dtype=torch.long), 3)
     with pytest.raises(ValueError, match=r"prompt ids must lie in \[0, 10\)"):
         generate(model, torch.tensor([[12]]), 3)
     with pytest.raises(TypeError, match="dtype torch.long and shape"):
@@ -271,3 +273,12 @@ def test_generate_refuses_bad_prompts(tiny_lm):
         generate_text(model, CharTokenizer("abc"), "ab", 3)
     with pytest.raises(TypeError, match="prompt must be a string"):
         generate_text(model, tok, ["a"], 3)
+
+
+def test_a_prompt_longer_than_the_context_is_read_from_its_last_tokens(tiny_lm):
+    # as nanoGPT: the model sees the last `context` tokens; the whole prompt stays in the output
+    model, tok = tiny_lm
+    long = tok.encode("hgfedcbah")[None]  # (1, 9), context 6
+    out = generate(model, long, 4, greedy=True)
+    assert out.shape == (1, 13) and torch.equal(out[:, :9], long)
+    assert torch.equal(out[:, 9:], generate(model, long[:, -6:], 4, greedy=True)[:, 6:])

@@ -414,3 +414,8 @@ def test_accuracy_plot_stacks_labels_by_accuracy():
 def test_accuracy_plot_bad_std(std, error, match):
     with pytest.raises(error, match=match):
         plot_accuracy_vs_parameters([{"label": "a", "trainable": 1, "accuracy": 0.5, "std": std}])
+
+
+def test_heatmap_of_a_nan_matrix_says_why_it_cannot_be_drawn():
+    with pytest.raises(ValueError, match="w contains NaN or inf; a heatmap cannot show it"):
+        plot_heatmap(torch.tensor([[1.0, float("nan")]]))

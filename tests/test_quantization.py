@@ -108,6 +108,8 @@ def test_the_absmax_element_and_zero_blocks_are_exact():
     w[2, 5] = -10.0                     # a negative block maximum
     deq = quantize_nf4(w, block_size=64).dequantize()
     assert torch.equal(deq[1], torch.zeros(64))
+    double = quantize_nf4(w, block_size=64, double_quant=True).dequantize()
+    assert torch.equal(double[1], torch.zeros(64)) and torch.isfinite(double).all()
     assert deq[2, 5].item() == -10.0
     i = w[0].abs().argmax()
     assert deq[0, i].item() == w[0, i].item()

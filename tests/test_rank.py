@@ -281,6 +281,27 @@ def test_results_do_not_track_gradients():
 W = np.ones((4, 6))
 
 
+def test_similarity_refuses_directions_past_the_numerical_rank():
+    # two zero matrices have no directions at all; SVD would still return (arbitrary) ones
+    zero = torch.zeros(2, 6)
+    with pytest.raises(ValueError, match="i=1 is above the numerical rank 0 of a1"):
+        subspace_similarity(zero, zero, 1, 1)
+    rank_one = torch.outer(torch.tensor([1.0, 2.0]), torch.arange(6.0))  # (2, 6), rank 1
+    full = torch.randn(2, 6, generator=torch.Generator().manual_seed(0))
+    assert 0 <= subspace_similarity(rank_one, full, 1, 2) <= 1
+    with pytest.raises(ValueError, match="i=2 is above the numerical rank 1 of a1 \\(2, 6\\).*use i <= 1"):
+        subspace_similarity(rank_one, full, 2, 2)
+    with pytest.raises(ValueError, match="j=2 is above the numerical rank 1 of a2"):
+        subspace_similarity(full, rank_one, 1, 2)
+
+
+def test_effective_rank_ignores_zero_singular_values():
+    # p = (3/4, 1/4, 0): the zero contributes 0·log 0 = 0, not NaN
+    assert effective_rank(torch.diag(torch.tensor([3.0, 1.0, 0.0]))) == \
+        pytest.approx(math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25))), rel=1e-9)
+
+
+
 @pytest.mark.parametrize("call,error,match", [
     (lambda: singular_values([[1.0, 2.0]]), TypeError, "got list"),
     (lambda: singular_values(nn.Linear(3, 2)), TypeError, "not the layer"),

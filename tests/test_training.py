@@ -1,6 +1,7 @@
 """The training loop, evaluation and optimizer-state accounting."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -228,6 +229,13 @@ def test_bits_per_character_matches_a_direct_computation():
         logp = model.eval()(x).log_softmax(-1).gather(-1, y[..., None])
     assert value == pytest.approx(-logp.mean().item() / torch.log(torch.tensor(2.0)).item(), rel=1e-5)
     assert bits_per_character(model, data, context=4) != value  # shorter windows, other number
+    # the smallest text that makes one window: context + 1 ids (the last one only as a target)
+    one = bits_per_character(model, data[:9])
+    with torch.no_grad():
+        logp = model(data[:8][None]).log_softmax(-1).gather(-1, data[1:9][None, :, None])
+    assert one == pytest.approx(-logp.mean().item() / math.log(2), rel=1e-5)
+    with pytest.raises(ValueError, match="need at least context \\+ 1 = 9"):
+        bits_per_character(model, data[:8])
 
 
 def test_language_model_learns_a_periodic_sequence():
