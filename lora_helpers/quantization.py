@@ -241,6 +241,9 @@ def quantize_nf4(weight: torch.Tensor, block_size: int = 64, double_quant: bool 
                      absmax_offset=offset, **common)
 
 
+_NF4_TENSORS = ("codes", "absmax", "absmax_codes", "absmax_scales", "absmax_offset")
+
+
 class NF4Linear(nn.Module):
     """A frozen linear layer whose weight is stored in NF4 and dequantized on every call.
 
@@ -263,23 +266,31 @@ class NF4Linear(nn.Module):
             raise ValueError(f"a linear layer's weight is 2-D (out, in), got shape "
                              f"{tuple(quantized_weight.shape)}")
         self.out_features, self.in_features = quantized_weight.shape
-        self.quantized_weight = quantized_weight
-        for name in ("codes", "absmax", "absmax_codes", "absmax_scales", "absmax_offset"):
+        # One storage: the tensors live only in buffers (so .to(), state_dict and
+        # load_state_dict(..., assign=True) see and replace them); ``quantized_weight`` is rebuilt
+        # from them on each read, so it can never go stale. Only the metadata is kept here.
+        self._shape = quantized_weight.shape
+        self._dtype = quantized_weight.dtype
+        self.block_size = quantized_weight.block_size
+        self.double_quant_block_size = quantized_weight.double_quant_block_size
+        for name in _NF4_TENSORS:
             tensor = getattr(quantized_weight, name)
             if tensor is not None:
                 self.register_buffer(name, tensor)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
-    def _apply(self, fn, recurse: bool = True):
-        """``.to()``, ``.double()``...: move the buffers, and keep the ``NF4Tensor`` in step.
+    @property
+    def quantized_weight(self) -> NF4Tensor:
+        """The ``NF4Tensor`` over this layer's buffers (no copy; rebuilt on every read)."""
+        return NF4Tensor(shape=self._shape, dtype=self._dtype, block_size=self.block_size,
+                         double_quant_block_size=self.double_quant_block_size,
+                         **{name: self._buffers.get(name) for name in _NF4_TENSORS})
 
-        The codes stay uint8; a dtype cast changes the constants and the dtype of the
-        dequantized weight alike (and so ``nbytes``).
-        """
+    def _apply(self, fn, recurse: bool = True):
+        """``.to()``, ``.double()``...: the buffers move as usual; a dtype cast also changes the
+        dtype of the dequantized weight (the codes stay uint8)."""
         super()._apply(fn, recurse)
-        for name, tensor in self._buffers.items():
-            setattr(self.quantized_weight, name, tensor)
-        self.quantized_weight.dtype = fn(torch.empty(0, dtype=self.quantized_weight.dtype)).dtype
+        self._dtype = fn(torch.empty(0, dtype=self._dtype)).dtype
         return self
 
     @classmethod

@@ -218,6 +218,22 @@ def test_nf4linear_without_bias_double_quant_and_dtype_moves():
     assert y64.dtype == torch.float64 and y64.shape == y.shape
 
 
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_nf4linear_has_one_storage_so_loading_a_state_dict_changes_its_output(double_quant):
+    # a second copy of the codes (once an NF4Tensor beside the buffers) went stale under assign=True
+    torch.manual_seed(0)
+    layer = NF4Linear.from_linear(nn.Linear(64, 16), double_quant=double_quant)
+    other = NF4Linear.from_linear(nn.Linear(64, 16), double_quant=double_quant)
+    x = torch.randn(3, 64)
+    for assign in (False, True):
+        fresh = NF4Linear.from_linear(nn.Linear(64, 16), double_quant=double_quant)
+        fresh.load_state_dict(other.state_dict(), assign=assign)
+        assert torch.equal(fresh(x), other(x)) and torch.equal(fresh.dequantized_weight(),
+                                                                other.dequantized_weight())
+    assert not torch.equal(layer(x), other(x))
+    assert layer.quantized_weight.codes.data_ptr() == layer.codes.data_ptr()  # a view, not a copy
+
+
 def test_to_linear_and_dequantize_model_round_trip():
     torch.manual_seed(0)
     linear = nn.Linear(64, 32)
