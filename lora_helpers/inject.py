@@ -1,4 +1,4 @@
-"""Put LoRA into a model by module name, freeze the rest, merge, unload and switch it off.
+r"""Put LoRA into a model by module name, freeze the rest, merge, unload and switch it off.
 
 Names follow Hugging Face PEFT (``target_modules``, ``merge_and_unload``, ...) so what a learner
 writes here carries over. A list of targets matches a module whose qualified name equals one of

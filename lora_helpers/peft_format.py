@@ -48,8 +48,7 @@ TASK_TYPES = ("SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS
 # LoraConfig fields (PEFT 0.21.2) that change the model but are not implemented here, with their
 # defaults: a file may carry them only at these values (None, [] and {} all count as unset).
 _MUST_BE_OFF = {
-    "bias": "none", "lora_bias": False, "modules_to_save": None, "exclude_modules": None,
-    "layers_to_transform": None, "layers_pattern": None, "layer_replication": None,
+    "lora_bias": False, "layer_replication": None,
     "target_parameters": None, "trainable_token_indices": None, "megatron_config": None,
     "loftq_config": {}, "eva_config": None, "corda_config": None, "lora_ga_config": None,
     "velora_config": None, "alora_invocation_tokens": None, "use_qalora": False,
@@ -62,10 +61,12 @@ _IGNORED = {"peft_version", "base_model_name_or_path", "revision", "task_type", 
             "auto_mapping", "megatron_core", "qalora_group_size", "runtime_config",
             "fan_in_fan_out"}
 _USED = {"peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora",
-         "init_lora_weights", "rank_pattern", "alpha_pattern", "use_dora"}
-# init_lora_weights values that only choose A and B's starting values (the file overwrites them);
-# "pissa", "olora", "corda", "loftq", ... also change the base weights: the file is not the model.
-_INITS = (True, False, "gaussian", "orthogonal")
+         "init_lora_weights", "rank_pattern", "alpha_pattern", "use_dora", "bias",
+         "modules_to_save", "exclude_modules", "layers_to_transform", "layers_pattern"}
+# init_lora_weights values that only choose A and B's starting values (the file overwrites them),
+# and "pissa", whose SVD of the base weights is redone on load, as PEFT does; "pissa_niter_*"
+# (a randomised SVD), "olora", "corda", "loftq", ... are not implemented here.
+_INITS = (True, False, "gaussian", "orthogonal", "pissa")
 
 
 def _safetensors():
@@ -108,11 +109,16 @@ def _dropout(layer: LoRALinear) -> float:
 
 
 def _targeted(config: dict, name: str) -> bool:
-    """PEFT's ``check_target_module_exists`` for the options supported here."""
+    """PEFT's ``check_target_module_exists``: exclusions, then a string as a regex in full or a
+    list by suffix, the latter filtered by ``layers_to_transform`` / ``layers_pattern``."""
+    if _excluded(config, name):
+        return False
     targets = config["target_modules"]
     if isinstance(targets, str):
         return re.fullmatch(targets, name) is not None
-    return name in targets or any(name.endswith("." + t) for t in targets)
+    if name in targets:
+        return True
+    return any(name.endswith("." + t) for t in targets) and _layer_index_ok(config, name)
 
 
 def _target_modules(model: nn.Module, paths: list[str]) -> list[str] | str:
@@ -305,7 +311,15 @@ def _read_config(directory: Path) -> dict:
               "init_lora_weights": True, "use_dora": False, "target_modules": None, **config}
     config["rank_pattern"] = config.get("rank_pattern") or {}
     config["alpha_pattern"] = config.get("alpha_pattern") or {}
+    if config.setdefault("bias", "none") not in ("none", "all", "lora_only"):
+        raise ValueError(f"bias={config['bias']!r}: PEFT's values are 'none', 'all' and "
+                         "'lora_only'")
     init = config["init_lora_weights"]
+    if isinstance(init, str) and init.startswith("pissa_niter_"):
+        raise ValueError(f"init_lora_weights={init!r} (PiSSA by randomised SVD) is not supported "
+                         "by load_peft_adapter: its residual base weights depend on the random "
+                         "SVD. Save the adapter from PEFT with init_lora_weights='pissa', or as "
+                         "plain LoRA (path_initial_model_for_weight_conversion)")
     if not any(init is value or (isinstance(value, str) and init == value) for value in _INITS):
         raise ValueError(f"init_lora_weights={init!r} is not supported by load_peft_adapter: "
                          "such initialisations (PiSSA, OLoRA, CorDA, LoftQ, ...) change the base "
@@ -339,56 +353,91 @@ def _layer_type_error(name: str, module: nn.Module) -> str | None:
     return None
 
 
-def load_peft_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
-    """Apply a PEFT LoRA adapter directory to ``model`` (in place) and return ``model``.
+def _layer_index_ok(config: dict, name: str) -> bool:
+    """PEFT's ``layers_to_transform`` / ``layers_pattern`` filter (``check_target_module_exists``)."""
+    indexes = config.get("layers_to_transform")
+    if indexes is None or (isinstance(indexes, list) and not indexes):
+        return True
+    patterns = config.get("layers_pattern")
+    if not patterns:
+        match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", name)  # the first numbered segment
+    else:
+        match = None
+        for pattern in [patterns] if isinstance(patterns, str) else patterns:
+            match = re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", name)
+            if match is not None:
+                break
+    if match is None:
+        return False
+    index = int(match["idx"])
+    return index == indexes if isinstance(indexes, int) else index in indexes
 
-    Reads ``adapter_config.json`` and ``adapter_model.safetensors`` (written by PEFT's
-    ``save_pretrained`` or by ``save_peft_adapter``), wraps every module the file names in a
-    ``LoRALinear`` with the rank, alpha, dropout and rsLoRA setting that PEFT would give it
-    (``r``/``lora_alpha`` and ``rank_pattern``/``alpha_pattern``), copies the tensors in (cast to
-    the layer's dtype and device) and freezes everything but LoRA, as ``apply_lora`` does.
 
-    Strict: the modules that ``target_modules`` selects (PEFT's rule: a list matches a module
-    path or its ``"." + name`` suffix, a string is a regex matched in full) must be exactly the
-    modules the tensor file names, each an ``nn.Linear`` without LoRA; every key must be
-    ``base_model.model.<path>.lora_A.weight`` / ``.lora_B.weight`` with the shapes
-    ``(r, in_features)`` / ``(out_features, r)``, plus ``.lora_magnitude_vector``,
-    ``(out_features,)``, on every layer if ``use_dora`` is true and on none if it is false
-    (DoRA, arXiv 2402.09353: one config value for all layers, as in PEFT). Anything else raises a
-    ``ValueError`` naming it, before the model is changed. The magnitudes are loaded as saved,
-    not re-initialised from ``W0``, and stay trainable (PEFT trains them too).
-    ``fan_in_fan_out`` is accepted either way: it describes how the *base* layer stores its
-    weight (GPT-2's ``Conv1D``), while ``lora_A``/``lora_B`` are stored as ``nn.Linear`` weights
-    in both cases; the base modules here must be ``nn.Linear``.
+def _excluded(config: dict, name: str) -> bool:
+    """PEFT's ``exclude_modules`` (a regex in full, or names by suffix) and its rule that LoRA
+    never goes on a ``modules_to_save`` module or inside one."""
+    exclude = config.get("exclude_modules")
+    if exclude:
+        if isinstance(exclude, str):
+            if re.fullmatch(exclude, name):
+                return True
+        elif name in exclude or any(name.endswith("." + e) for e in exclude):
+            return True
+    return any(re.match(rf"(^|.*\.){m}($|\..*)", name) for m in config.get("modules_to_save") or [])
 
-    Args:
-        model: the base model the adapter was trained on, without LoRA at the named modules.
-        directory: the adapter directory.
-    """
-    directory = Path(directory)
-    config = _read_config(directory)
+
+def _heads(config: dict, modules: dict[str, nn.Module]) -> list[str]:
+    """The modules ``modules_to_save`` names: PEFT's ``key.endswith(name)`` (no dot boundary),
+    outermost only."""
+    names = config.get("modules_to_save") or []
+    found = sorted(n for n in modules if n and any(n.endswith(m) for m in names))
+    return [n for n in found if not any(n.startswith(p + ".") for p in found)]
+
+
+def _read_tensors(directory: Path) -> dict[str, torch.Tensor]:
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         other = " (found adapter_model.bin: PEFT's older pickle format; re-save with " \
                 "safe_serialization=True)" if (directory / "adapter_model.bin").is_file() else ""
         raise FileNotFoundError(f"no {WEIGHTS_NAME} in {str(directory)!r}{other}")
-    tensors = _safetensors().load_file(str(weights))
+    return _safetensors().load_file(str(weights))
 
+
+def _split_keys(config: dict, tensors: dict[str, torch.Tensor], heads: list[str]
+                ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """``(LoRA tensors per module path, other tensors by parameter path)``; unknown keys refused."""
     suffixes = [".lora_A.weight", ".lora_B.weight"]
     if config["use_dora"]:
         suffixes.append(".lora_magnitude_vector")
     per_module: dict[str, dict[str, torch.Tensor]] = {}
+    extra: dict[str, torch.Tensor] = {}
     for key, value in tensors.items():
         suffix = next((s for s in suffixes if key.endswith(s)), None)
-        if not key.startswith(PREFIX) or suffix is None:
-            what = ("embedding LoRA" if "lora_embedding_" in key else
+        path = key[len(PREFIX):]
+        if key.startswith(PREFIX) and suffix is not None:
+            per_module.setdefault(path[:-len(suffix)], {})[suffix] = value
+        elif key.startswith(PREFIX) and (
+                path.endswith((".base_layer.weight", ".base_layer.bias"))
+                or any(path.startswith(h + ".") for h in heads)
+                or (config["bias"] != "none" and _is_bias(path))):
+            extra[path] = value
+        else:
+            what = ("embedding LoRA (lora_embedding_A/B), which is not supported here: "
+                    "only LoRA on linear layers" if "lora_embedding_" in key else
                     "DoRA although use_dora is false" if "lora_magnitude_vector" in key else
-                    "not a LoRA A/B weight of a linear layer")
+                    "a bias although bias='none'" if _is_bias(path) else
+                    "not a LoRA A/B weight of a linear layer, nor in modules_to_save")
             raise ValueError(f"unexpected tensor {key!r} ({what}); expected keys "
                              f"'{PREFIX}<module path>' + one of {suffixes}")
-        per_module.setdefault(key[len(PREFIX):-len(suffix)], {})[suffix] = value
+    return per_module, extra
 
-    modules = dict(model.named_modules())
+
+def _check_layers(config: dict, per_module: dict[str, dict[str, torch.Tensor]],
+                  modules: dict[str, nn.Module]) -> dict[str, tuple[int, float]]:
+    """Each named module exists, is an ``nn.Linear``, is selected by the config, and its tensors
+    have the shapes of its ``(r, alpha)``; returns those per module path."""
+    suffixes = [".lora_A.weight", ".lora_B.weight"] + (
+        [".lora_magnitude_vector"] if config["use_dora"] else [])
     for name, parts in sorted(per_module.items()):
         if name not in modules:
             raise ValueError(f"the adapter names module '{name}', which the model does not have; "
@@ -409,7 +458,6 @@ def load_peft_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
             f"target_modules={config['target_modules']!r} selects modules without tensors in the "
             f"file: {sorted(targeted - set(per_module))}, and the file has tensors for modules it "
             f"does not select: {sorted(set(per_module) - targeted)}")
-
     specs = {}
     for name, parts in per_module.items():
         base = modules[name]
@@ -423,16 +471,73 @@ def load_peft_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
                                  f"expected {expected[suffix]} (r={r} from the config, "
                                  f"{base.in_features} in / {base.out_features} out features)")
         specs[name] = (r, alpha)
+    return specs
 
+
+def _check_extras(config: dict, extra: dict[str, torch.Tensor], adapted: set[str],
+                  heads: list[str], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Biases and ``modules_to_save`` tensors, keyed by the parameter they go into (the model's
+    own path: ``<path>.base_layer.bias`` → ``<path>.bias`` before wrapping). A targeted layer's
+    ``base_layer.weight`` (PEFT saves it with an embedding or ``lm_head`` target) is accepted only
+    if it equals the model's weight, and not loaded."""
+    params = dict(model.named_parameters())
+    out = {}
+    for path, value in sorted(extra.items()):
+        module, _, leaf = path.rpartition(".")
+        if module.endswith(".base_layer"):
+            module = module[:-len(".base_layer")]
+            if module not in adapted:
+                raise ValueError(f"unexpected tensor {PREFIX + path!r}: '{module}' has no LoRA "
+                                 "tensors in the file")
+            if leaf == "weight":
+                weight = params.get(f"{module}.weight")
+                if weight is None or weight.shape != value.shape or \
+                        not torch.equal(value.to(weight.dtype), weight):
+                    raise ValueError(
+                        f"{PREFIX + path!r} is a copy of the base weight of '{module}' (PEFT saves "
+                        "it when an embedding or lm_head is targeted) and it differs from this "
+                        "model's weight: this is not the base model it was saved from, or the "
+                        "weight was trained. Load into the right base, or re-save with PEFT's "
+                        "save_pretrained(..., save_embedding_layers=False)")
+                continue
+            path = f"{module}.{leaf}"
+        if path not in params:
+            raise ValueError(f"the adapter has {PREFIX + path!r}, but the model has no parameter "
+                             f"'{path}'; is this the base model it was trained on?")
+        if tuple(value.shape) != tuple(params[path].shape):
+            raise ValueError(f"{PREFIX + path!r} has shape {tuple(value.shape)}, the model's "
+                             f"'{path}' {tuple(params[path].shape)}")
+        out[path] = value
+    for head in heads:
+        missing = [f"{head}.{n}" for n, _ in model.get_submodule(head).named_parameters()
+                   if f"{head}.{n}" not in out]
+        if missing:
+            raise ValueError(f"modules_to_save={config['modules_to_save']!r} selects '{head}', but "
+                             f"the file lacks {[PREFIX + m for m in missing]}")
+    return out
+
+
+def _apply(model: nn.Module, config: dict, specs: dict[str, tuple[int, float]],
+           per_module: dict[str, dict[str, torch.Tensor]], extra: dict[str, torch.Tensor],
+           heads: list[str]) -> None:
+    """Wrap, copy, freeze: the only step that changes ``model`` (all checks have passed)."""
+    modules = dict(model.named_modules())
+    params = dict(model.named_parameters())
     kwargs = {"lora_dropout": config["lora_dropout"], "use_rslora": config["use_rslora"],
-              "use_dora": bool(config["use_dora"])}
+              "use_dora": bool(config["use_dora"]), "allow_rank_above_features": True,
+              "init_lora_weights": "pissa" if config["init_lora_weights"] == "pissa" else True}
     flags = {p: p.requires_grad for p in model.parameters()}
-    try:  # LoRALinear may still refuse a value (e.g. r too large) after freezing earlier bases
+    originals = ({name: modules[name].weight.detach().clone() for name in specs}
+                 if kwargs["init_lora_weights"] == "pissa" else {})
+    try:  # LoRALinear may still refuse a value (e.g. PiSSA on a low-rank W0) after earlier layers
         wrapped = {name: LoRALinear(modules[name], r=r, lora_alpha=alpha, **kwargs)
                    for name, (r, alpha) in specs.items()}
     except (TypeError, ValueError):
         for p, flag in flags.items():
             p.requires_grad_(flag)
+        with torch.no_grad():
+            for name, weight in originals.items():
+                modules[name].weight.copy_(weight)
         raise
     with torch.no_grad():
         for name, layer in wrapped.items():
@@ -441,7 +546,55 @@ def load_peft_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
             layer.lora_B.copy_(parts[".lora_B.weight"])  # (out, r)
             if layer.use_dora:  # the trained m, replacing the row norms it was initialised to
                 layer.lora_magnitude_vector.copy_(parts[".lora_magnitude_vector"])  # (out,)
+        for path, value in extra.items():
+            params[path].copy_(value)
     for name, layer in wrapped.items():
         _set_submodule(model, name, layer)
-    mark_only_lora_as_trainable(model)
+    mark_only_lora_as_trainable(model, bias=config["bias"])
+    for head in heads:  # PEFT trains modules_to_save
+        model.get_submodule(head).requires_grad_(True)
+
+
+def load_peft_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
+    """Apply a PEFT LoRA adapter directory to ``model`` (in place) and return ``model``.
+
+    Reads ``adapter_config.json`` and ``adapter_model.safetensors`` (written by PEFT's
+    ``save_pretrained`` or by ``save_peft_adapter``), wraps every module the file names in a
+    ``LoRALinear`` with the rank, alpha, dropout and rsLoRA setting that PEFT would give it
+    (``r``/``lora_alpha`` and ``rank_pattern``/``alpha_pattern``, ``r`` above the layer's
+    size included, as PEFT allows), copies the tensors in (cast to the layer's dtype and device:
+    float32 adapters on a half-precision base, as PEFT) and freezes everything but LoRA, as
+    ``apply_lora`` does. ``init_lora_weights="pissa"``: the base weights become PiSSA's residual
+    (the SVD redone, as PEFT does), so load into the original base model. Trained biases
+    (``bias="lora_only"``/``"all"``) and ``modules_to_save`` are loaded too and stay trainable,
+    as in PEFT. ``exclude_modules``, ``layers_to_transform`` and ``layers_pattern`` select
+    modules by PEFT's rules. A targeted layer's ``base_layer.weight`` (PEFT writes it with an
+    ``lm_head`` or embedding target) must equal the model's weight.
+
+    Strict: the modules that ``target_modules`` selects (PEFT's rule: a list matches a module
+    path or its ``"." + name`` suffix, a string is a regex matched in full) must be exactly the
+    modules the tensor file names, each an ``nn.Linear`` without LoRA; every key must be
+    ``base_model.model.<path>.lora_A.weight`` / ``.lora_B.weight`` with the shapes
+    ``(r, in_features)`` / ``(out_features, r)``, plus ``.lora_magnitude_vector``,
+    ``(out_features,)``, on every layer if ``use_dora`` is true and on none if it is false
+    (DoRA, arXiv 2402.09353: one config value for all layers, as in PEFT). Anything else raises a
+    ``ValueError`` naming it, before the model is changed. The magnitudes are loaded as saved,
+    not re-initialised from ``W0``, and stay trainable (PEFT trains them too).
+    ``fan_in_fan_out`` is accepted either way: it describes how the *base* layer stores its
+    weight (GPT-2's ``Conv1D``), while ``lora_A``/``lora_B`` are stored as ``nn.Linear`` weights
+    in both cases; the base modules here must be ``nn.Linear``.
+
+    Args:
+        model: the base model the adapter was trained on, without LoRA at the named modules.
+        directory: the adapter directory.
+    """
+    directory = Path(directory)
+    config = _read_config(directory)
+    tensors = _read_tensors(directory)
+    modules = dict(model.named_modules())
+    heads = _heads(config, modules)
+    per_module, extra = _split_keys(config, tensors, heads)
+    specs = _check_layers(config, per_module, modules)
+    extra = _check_extras(config, extra, set(per_module), heads, model)
+    _apply(model, config, specs, per_module, extra, heads)
     return model

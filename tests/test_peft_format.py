@@ -216,12 +216,11 @@ def edit_tensors(directory, change):
 
 @pytest.mark.parametrize("field, value, message", [
     ("peft_type", "IA3", "peft_type='IA3'"),
-    ("layers_to_transform", [0], r"layers_to_transform=\[0\] is not supported"),
     ("layer_replication", [[0, 1], [0, 2]], "layer_replication=.* is not supported"),
-    ("modules_to_save", ["lm_head"], r"modules_to_save=\['lm_head'\]"),
-    ("bias", "all", "bias='all' is not supported"),
+    ("bias", "some", "bias='some': PEFT's values"),
+    ("init_lora_weights", "pissa_niter_4", "init_lora_weights='pissa_niter_4' .PiSSA by randomised"),
     ("lora_bias", True, "lora_bias=True"),
-    ("init_lora_weights", "pissa", "init_lora_weights='pissa'"),
+    ("init_lora_weights", "olora", "init_lora_weights='olora'"),
     ("target_modules", "all-linear", "target_modules='all-linear'"),
     ("target_modules", None, "target_modules=None"),
     ("some_future_option", 3, "some_future_option=3: a config field this package does not know"),
