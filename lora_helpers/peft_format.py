@@ -483,6 +483,18 @@ def _check_extras(config: dict, extra: dict[str, torch.Tensor], adapted: set[str
     params = dict(model.named_parameters())
     out = {}
     for path, value in sorted(extra.items()):
+        head = next((h for h in heads if path.startswith(h + ".")), None)
+        inner = path[len(head) + 1:].partition(".") if head else ("", "", "")
+        if inner[0] in ("modules_to_save", "original_module"):
+            # PEFT's bias="all" also writes the head wrapper's biases: its trained copy
+            # ("modules_to_save", the same tensor as "<head>.bias") and the original
+            # ("original_module"): accepted when they agree with those, not loaded again.
+            own = f"{head}.{inner[2]}"
+            expected = extra.get(own) if inner[0] == "modules_to_save" else params.get(own)
+            if expected is None or not torch.equal(value, expected.to(value.dtype)):
+                raise ValueError(f"{PREFIX + path!r} does not agree with '{own}' "
+                                 f"({'in the file' if inner[0] == 'modules_to_save' else 'in the model'})")
+            continue
         module, _, leaf = path.rpartition(".")
         if module.endswith(".base_layer"):
             module = module[:-len(".base_layer")]
