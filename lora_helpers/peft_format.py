@@ -17,6 +17,10 @@ Field names, defaults and key rules follow PEFT 0.21.2 (``peft/tuners/lora/confi
 ``peft/utils/save_and_load.py``, ``peft/utils/other.py``). This module imports neither PEFT nor
 transformers: only ``json`` and the ``safetensors`` library (the format's own reader and writer).
 
+Besides LoRA's tensors, trained biases (``bias``: ``"lora_only"``/``"all"``) and whole modules
+(``modules_to_save``, e.g. a classifier head) are written and read with PEFT's keys, and PiSSA
+(``init_lora_weights: "pissa"``), whose SVD is redone on the base model at load time, as PEFT does.
+
 Loading is strict: a config field this package does not implement, set to anything but its
 "off" value, is refused with a ``ValueError`` that names the field and the value, and so is any
 tensor key, module type or shape that does not fit. Nothing is changed in the model until every
@@ -310,6 +314,9 @@ def _read_config(directory: Path) -> dict:
     config = {"r": 8, "lora_alpha": 8, "lora_dropout": 0.0, "use_rslora": False,  # PEFT's defaults
               "init_lora_weights": True, "use_dora": False, "target_modules": None, **config}
     config["rank_pattern"] = config.get("rank_pattern") or {}
+    saved = list(config.get("modules_to_save") or [])  # PeftModelFor<task> adds its head, as here
+    config["modules_to_save"] = saved + [h for h in HEADS.get(config.get("task_type"), ())
+                                         if h not in saved] or None
     config["alpha_pattern"] = config.get("alpha_pattern") or {}
     if config.setdefault("bias", "none") not in ("none", "all", "lora_only"):
         raise ValueError(f"bias={config['bias']!r}: PEFT's values are 'none', 'all' and "

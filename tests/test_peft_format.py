@@ -632,6 +632,7 @@ def test_a_trained_adapted_weight_is_refused_by_name(tmp_path):
 
 
 @peft_warning
+@pytest.mark.filterwarnings("ignore:Setting `save_embedding_layers`:UserWarning")
 def test_peft_filters_rank_above_size_and_lm_head(hf, tmp_path):
     transformers, peft, fresh = hf
     ids = torch.randint(0, 64, (2, 12))
@@ -670,3 +671,29 @@ def test_bf16_base_keeps_fp32_adapters_like_peft(hf, tmp_path):
     assert {layer.lora_B.dtype for _, layer in lora_layers(ours)} == {torch.float32}
     # The same casts as PEFT: the same bf16 logits
     assert torch.equal(_logits(loaded, ids), _logits(reference, ids))
+
+
+@pytest.mark.parametrize("task_type, head", [("SEQ_CLS", "score"), ("TOKEN_CLS", "classifier"),
+                                             ("QUESTION_ANS", "qa_outputs")])
+def test_task_heads_are_saved_as_modules_to_save_even_untrained(tmp_path, task_type, head):
+    """PEFT's PeftModelFor<task> adds these heads to modules_to_save and fails to load without them."""
+    model = adapted()
+    model.add_module(head, nn.Linear(8, 2))
+    getattr(model, head).requires_grad_(False)  # untrained: PEFT still needs it in the file
+    config = save_peft_adapter(model, tmp_path, task_type=task_type)
+    assert config["modules_to_save"] == [head]
+    keys = set(safetensors_torch.load_file(str(tmp_path / WEIGHTS_NAME)))
+    assert {f"base_model.model.{head}.weight", f"base_model.model.{head}.bias"} <= keys
+    fresh = make_base()
+    fresh.add_module(head, nn.Linear(8, 2))
+    with torch.no_grad():
+        getattr(fresh, head).weight.zero_()
+    load_peft_adapter(fresh, tmp_path)
+    assert torch.equal(getattr(fresh, head).weight, getattr(model, head).weight)
+    assert getattr(fresh, head).weight.requires_grad  # modules_to_save train, as in PEFT
+    edit_tensors(tmp_path, lambda t: t.pop(f"base_model.model.{head}.bias"))
+    other = make_base()
+    other.add_module(head, nn.Linear(8, 2))
+    with pytest.raises(ValueError, match=rf"selects '{head}', but the file lacks"):
+        load_peft_adapter(other, tmp_path)  # a file without the head is refused by name
+    assert not lora_layers(other)
