@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -697,3 +697,24 @@ def test_task_heads_are_saved_as_modules_to_save_even_untrained(tmp_path, task_t
     with pytest.raises(ValueError, match=rf"selects '{head}', but the file lacks"):
         load_peft_adapter(other, tmp_path)  # a file without the head is refused by name
     assert not lora_layers(other)
+
+
+@settings(max_examples=40, deadline=None)
+@given(name=st.lists(st.sampled_from(["model", "layers", "h", "0", "1", "2", "q_proj", "v_proj",
+                                      "experts"]), min_size=1, max_size=5).map(".".join),
+       indexes=st.sampled_from([None, [1], [0, 2], 1]),
+       pattern=st.sampled_from([None, "layers", ["h", "layers"]]),
+       exclude=st.sampled_from([None, ["v_proj"], r".*\.1\..*"]),
+       targets=st.sampled_from([["q_proj", "v_proj"], r".*_proj", ["layers.0.q_proj"]]))
+def test_property_module_selection_agrees_with_peft(name, indexes, pattern, exclude, targets):
+    """PEFT's check_target_module_exists and ours pick the same module names."""
+    peft = pytest.importorskip("peft")
+    from peft.tuners.tuners_utils import check_target_module_exists
+    from lora_helpers.peft_format import _targeted
+    options = dict(target_modules=targets, layers_to_transform=indexes, layers_pattern=pattern,
+                   exclude_modules=exclude)
+    # configs PEFT's LoraConfig refuses: index filters with a regex, a pattern without indexes
+    assume(not (isinstance(targets, str) and (indexes is not None or pattern is not None)))
+    assume(not (pattern and indexes is None))
+    config = peft.LoraConfig(**options)
+    assert bool(_targeted(options, name)) == bool(check_target_module_exists(config, name)), name
