@@ -1,14 +1,17 @@
-"""Put LoRA into a model by module name, freeze the rest, merge, unload and switch it off.
+r"""Put LoRA into a model by module name, freeze the rest, merge, unload and switch it off.
 
 Names follow Hugging Face PEFT (``target_modules``, ``merge_and_unload``, ...) so what a learner
-writes here carries over. A target matches a module whose qualified name equals it or ends with
-``"." + target`` (PEFT's suffix rule): ``"q_proj"`` matches ``"blocks.0.attn.q_proj"`` but not
-``"blocks.0.attn.qq_proj"``.
+writes here carries over. A list of targets matches a module whose qualified name equals one of
+them or ends with ``"." + target`` (PEFT's suffix rule): ``["q_proj"]`` matches
+``"blocks.0.attn.q_proj"`` but not ``"blocks.0.attn.qq_proj"``. A single string is, as in PEFT, a
+regular expression that must match the whole qualified name (``re.fullmatch``):
+``r".*\.q_proj"`` or ``"blocks.0.attn.q_proj"``, but not ``"q_proj"`` alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -47,6 +50,26 @@ def _matches(name: str, target: str) -> bool:
     return name == target or name.endswith("." + target)
 
 
+def _target_matcher(target_modules: str | Iterable[str]) -> tuple[list[str], Callable]:
+    """``(targets, matches)``: PEFT's rule, a string as one regex matched in full, a list by suffix."""
+    if isinstance(target_modules, str):
+        if not target_modules:
+            raise TypeError("target_modules must be a non-empty list of module names (or one "
+                            "regex string), got ''; e.g. target_modules=['q_proj']")
+        try:
+            pattern = re.compile(target_modules)
+        except re.error as error:
+            raise ValueError(f"target_modules={target_modules!r} is a string, which PEFT reads as a "
+                             f"regular expression, and it is not a valid one ({error}); for module "
+                             "names pass a list, e.g. ['q_proj']") from None
+        return [target_modules], lambda name, target: pattern.fullmatch(name) is not None
+    targets = list(target_modules) if isinstance(target_modules, Iterable) else []
+    if not targets or not all(isinstance(t, str) and t for t in targets):
+        raise TypeError(f"target_modules must be a non-empty list of module names (or one regex "
+                        f"string), got {target_modules!r}; e.g. target_modules=['q_proj', 'v_proj']")
+    return targets, _matches
+
+
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name), child, new)
@@ -70,17 +93,12 @@ def apply_lora(
 
     Args:
         model: any ``nn.Module``.
-        target_modules: one module name or several, matched by PEFT's suffix rule.
+        target_modules: a list of module names, matched by PEFT's suffix rule, or one string,
+            a regex matched against the whole qualified name (PEFT's rule for a string).
         r, lora_alpha, lora_dropout, use_rslora, init_lora_weights, use_dora: as in
             ``LoRALinear``.
     """
-    if isinstance(target_modules, str):
-        targets = [target_modules]
-    else:
-        targets = list(target_modules) if isinstance(target_modules, Iterable) else []
-    if not targets or not all(isinstance(t, str) and t for t in targets):
-        raise TypeError(f"target_modules must be a non-empty list of module names, "
-                        f"got {target_modules!r}; e.g. target_modules=['q_proj', 'v_proj']")
+    targets, _matches = _target_matcher(target_modules)
     linear_names, chosen = [], []
     attention_out_projs = {f"{n}.out_proj" if n else "out_proj"
                            for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
@@ -115,8 +133,18 @@ def apply_lora(
             "bias (notebook 09 shows how), or use PEFT, whose LoraConfig(fan_in_fan_out=True) "
             "handles this layout")
     if unmatched:
-        raise ValueError(f"target_modules {unmatched} match no nn.Linear in the model; "
+        regex = (" (a string is a regex matched against the whole module name, as in PEFT; "
+                 "for a module name pass a list, e.g. [" + repr(target_modules) + "])"
+                 if isinstance(target_modules, str) else "")
+        raise ValueError(f"target_modules {unmatched} match no nn.Linear in the model{regex}; "
                          f"its linear layers are: {linear_names}")
+    too_small = {name: (m.in_features, m.out_features) for name in chosen
+                 if r > min((m := model.get_submodule(name)).in_features, m.out_features)
+                 } if isinstance(r, int) and not isinstance(r, bool) else {}
+    if too_small:
+        raise ValueError(f"r={r} exceeds min(in_features, out_features) of {too_small} (name: "
+                         "(in, out)); a rank-r update there has rank at most the smaller size. "
+                         "Leave these modules out of target_modules or use a smaller r")
 
     flags = {p: p.requires_grad for p in model.parameters()}
     # PiSSA writes its residual into each base weight: keep the originals until all layers are built

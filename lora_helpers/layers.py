@@ -121,7 +121,8 @@ class LoRALinear(nn.Module):
             It is wrapped, not copied, and its parameters are frozen. An ``NF4Linear``
             (``lora_helpers.quantization``) is accepted too: QLoRA's 4-bit base, run through
             ``forward_autograd`` and never merged into.
-        r: the rank of the update, ``1 <= r <= min(in_features, out_features)``.
+        r: the rank of the update, ``1 <= r <= min(in_features, out_features)`` (larger only
+            with ``allow_rank_above_features=True``).
         lora_alpha: the numerator of the scaling; ``scaling = lora_alpha / r`` (paper §4.1).
         lora_dropout: dropout probability applied to the input of the LoRA path only.
         use_rslora: if True, ``scaling = lora_alpha / sqrt(r)`` (rsLoRA, arXiv 2312.03732).
@@ -133,6 +134,24 @@ class LoRALinear(nn.Module):
             ``lora_magnitude_vector`` of shape ``(out_features,)``, initialised to the row norms of
             ``W0 + ΔW``, and the output ``m ⊙ (W0 + ΔW) x / ‖W0 + ΔW‖_row + bias``, the norm
             detached from the gradient (the paper's §4.3). See ``lora_helpers.dora``.
+
+        allow_rank_above_features: accept ``r > min(in_features, out_features)``, as PEFT does
+            (``load_peft_adapter`` uses it for files that have such layers). Such an update still
+            has rank at most ``min(in_features, out_features)``: the extra rows only cost memory.
+
+    Mixed precision (as PEFT 0.21's default ``autocast_adapter_dtype=True``): on a float16 or
+    bfloat16 base, ``lora_A``, ``lora_B`` (and DoRA's magnitude) are float32. The input, in the
+    base's dtype, goes through the base as it is and is cast to float32 for the LoRA path; the sum
+    is formed in float32 and cast back, so the output has the base's dtype. Under
+    ``torch.autocast`` the input is cast to the adapter's dtype and autocast then chooses the
+    matmul dtype, as in PEFT. Both run through ``forward_autograd``.
+
+    Attributes:
+        init_lora_weights: the initialisation last applied (``reset_lora_parameters``);
+            ``save_peft_adapter`` writes it, because for PiSSA it is part of the model.
+        weight, bias: read-only views of ``base.weight`` / ``base.bias`` (PEFT's layers have them
+            too; T5's feed-forward reads ``wo.weight.dtype``). They are not parameters of this
+            module: ``state_dict`` keys stay ``base.weight`` / ``base.bias``.
 
     Shapes:
         input ``(..., in_features)`` → output ``(..., out_features)``; any leading dims.
@@ -147,6 +166,8 @@ class LoRALinear(nn.Module):
         use_rslora: bool = False,
         init_lora_weights: bool | str = True,
         use_dora: bool = False,
+        *,
+        allow_rank_above_features: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(base, LoRALinear):
@@ -156,11 +177,12 @@ class LoRALinear(nn.Module):
             raise TypeError(f"base must be an nn.Linear, got {type(base).__name__}; LoRALinear "
                             "wraps linear layers only (nn.Linear, or QLoRA's NF4Linear)")
         r = check_int(r, "r")
-        if r > min(base.in_features, base.out_features):
+        if r > min(base.in_features, base.out_features) and not allow_rank_above_features:
             raise ValueError(
                 f"r={r} exceeds min(in_features, out_features) = "
                 f"min({base.in_features}, {base.out_features}); a rank-r update needs "
-                f"r <= {min(base.in_features, base.out_features)}")
+                f"r <= {min(base.in_features, base.out_features)} (PEFT accepts a larger r: pass "
+                "allow_rank_above_features=True to do the same)")
         if isinstance(lora_alpha, bool) or not isinstance(lora_alpha, numbers.Real):
             raise TypeError(f"lora_alpha must be a positive number, got {lora_alpha!r}")
         if not lora_alpha > 0:  # also catches NaN
@@ -195,6 +217,8 @@ class LoRALinear(nn.Module):
         self.lora_dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
         factory = ({"device": base.device, "dtype": base.dtype} if isinstance(base, NF4Linear)
                    else {"device": base.weight.device, "dtype": base.weight.dtype})
+        if factory["dtype"] in (torch.float16, torch.bfloat16):  # PEFT: fp32 adapters on a half base
+            factory["dtype"] = torch.float32
         self.lora_A = nn.Parameter(torch.empty(r, self.in_features, **factory))   # (r, in)
         self.lora_B = nn.Parameter(torch.empty(self.out_features, r, **factory))  # (out, r)
         self.merged = False
@@ -205,7 +229,23 @@ class LoRALinear(nn.Module):
         else:
             self.register_parameter("lora_magnitude_vector", None)
         self._w0_sq_norm: tuple[torch.Tensor, int, torch.Tensor] | None = None  # DoRA's cache
+        self.init_lora_weights: bool | str | None = None  # set by reset_lora_parameters
         self.reset_lora_parameters(init_lora_weights)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """``base.weight``, ``(out_features, in_features)`` (read-only; PEFT's layers have it)."""
+        return self.base.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """``base.bias``, ``(out_features,)`` or None (read-only)."""
+        return self.base.bias
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the base computes in, which inputs must have (outside autocast)."""
+        return self.base.dtype if isinstance(self.base, NF4Linear) else self.base.weight.dtype
 
     @torch.no_grad()
     def reset_lora_parameters(self, init_lora_weights: bool | str = True) -> None:
@@ -221,14 +261,24 @@ class LoRALinear(nn.Module):
         changes ``base.weight`` in place (the layer wraps its base, it does not copy it).
 
         With DoRA, the magnitude is then set to the row norms of ``W0 + s·BA``.
+
+        A PiSSA layer cannot be re-initialised: its ``base.weight`` holds the residual, and new A
+        and B would change the output (the original ``W0`` is residual + the *initial* ``s·BA``,
+        which training has moved). Re-initialise a fresh layer built on the original weight.
         """
         if self.merged:
             raise ValueError("cannot re-initialise a merged layer (its update is inside "
                              "base.weight); call unmerge() first")
+        if getattr(self, "init_lora_weights", None) == "pissa":
+            raise ValueError(f"cannot re-initialise a PiSSA layer with init_lora_weights="
+                             f"{init_lora_weights!r}: its base.weight is the residual W0 - s·BA, "
+                             "so new A and B would silently change the output. Build a new "
+                             "LoRALinear on a layer holding the original W0")
         if init_lora_weights == "pissa":
             self._pissa_init()
         else:
             self._random_init(init_lora_weights)
+        self.init_lora_weights = init_lora_weights
         if self.use_dora:
             norm = self.dora_weight_norm()  # (out,)
             if not (norm > 0).all():
@@ -320,6 +370,8 @@ class LoRALinear(nn.Module):
         hooked = bool(base._forward_hooks or base._forward_pre_hooks)
         if self.merged or self.disabled or hooked or type(base).forward is not nn.Linear.forward:
             return self.forward_autograd(x)
+        if self.lora_A.dtype != base.weight.dtype or torch.is_autocast_enabled(x.device.type):
+            return self.forward_autograd(x)  # mixed precision: PEFT's casts, by autograd
         if self.use_dora and self.training and isinstance(self.lora_dropout, nn.Dropout):
             return self.forward_autograd(x)  # DoRA with active dropout: PEFT's formula, by autograd
         self._check_input(x)
@@ -351,6 +403,8 @@ class LoRALinear(nn.Module):
         result = self.base(x)  # (..., out)
         if self.merged or self.disabled:
             return result
+        if x.dtype != self.lora_A.dtype or result.dtype != self.lora_A.dtype:
+            return self._forward_mixed(x, result)
         dropped = self.lora_dropout(x)  # (..., in)
         if self.use_dora:
             # PEFT's form: base(x) + (c - 1) ⊙ W0 x_d + c ⊙ s·B A x_d, with c = m / ‖W0 + s·BA‖
@@ -365,13 +419,28 @@ class LoRALinear(nn.Module):
                           self.lora_B.T, alpha=self.scaling)  # (n, out)
         return out.view(result.shape)  # (..., out)
 
+    def _forward_mixed(self, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """PEFT's mixed-precision forward: ``x`` cast to the adapter's dtype for the LoRA path,
+        ``result + lora`` formed in the wider dtype, cast back to the base output's dtype.
+
+        Args:
+            x: ``(..., in_features)``; result: ``base(x)``, ``(..., out_features)``.
+        """
+        dropped = self.lora_dropout(x.to(self.lora_A.dtype))  # (..., in)
+        lora = (dropped @ self.lora_A.T) @ self.lora_B.T  # (..., r) -> (..., out)
+        if self.use_dora:  # as in forward_autograd, with W0 x_d in the adapter's dtype
+            c = self.lora_magnitude_vector / self.dora_weight_norm().to(self.lora_A.dtype)
+            base_d = nn.functional.linear(dropped, self.base.weight.to(dropped.dtype))  # (..., out)
+            return (result + (c - 1) * base_d + (c * self.scaling) * lora).to(result.dtype)
+        return (result + self.scaling * lora).to(result.dtype)  # (..., out)
+
     def _check_input(self, x: torch.Tensor) -> None:
         if x.shape[-1:] != (self.in_features,):
             raise ValueError(f"expected input of shape (..., {self.in_features}), "
                              f"got {tuple(x.shape)}")
-        if x.dtype != self.lora_A.dtype:
+        if x.dtype != self.compute_dtype and not torch.is_autocast_enabled(x.device.type):
             raise TypeError(f"input dtype {x.dtype} differs from the layer's "
-                            f"{self.lora_A.dtype}; cast with x.to({self.lora_A.dtype})")
+                            f"{self.compute_dtype}; cast with x.to({self.compute_dtype})")
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -399,8 +468,10 @@ class LoRALinear(nn.Module):
             adapted = self.base.weight + lora  # W0 + s·BA: (out, in)
             self._dora_factor = self.lora_magnitude_vector / torch.linalg.norm(adapted, dim=1)
             self.base.weight.copy_(self._dora_factor[:, None] * adapted)  # (out, 1) ⊙ (out, in)
+        elif delta.dtype != self.base.weight.dtype:  # fp32 adapter, half base: add in fp32
+            self.base.weight.copy_(self.base.weight.to(delta.dtype) + delta)
         else:
-            self.base.weight += delta.to(self.base.weight.dtype)
+            self.base.weight += delta
         self.merged = True
 
     @torch.no_grad()
@@ -413,7 +484,11 @@ class LoRALinear(nn.Module):
             lora = (self.lora_B @ self.lora_A) * self.scaling  # (out, in)
             self.base.weight.copy_(self.base.weight / self._dora_factor[:, None] - lora)
         else:
-            self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
+            delta = self.delta_weight()  # (out, in)
+            if delta.dtype != self.base.weight.dtype:  # fp32 adapter, half base
+                self.base.weight.copy_(self.base.weight.to(delta.dtype) - delta)
+            else:
+                self.base.weight -= delta
         self.merged = False
 
     def extra_repr(self) -> str:

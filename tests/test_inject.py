@@ -254,3 +254,20 @@ def test_disable_lora_refuses_merged_and_plain_models():
     for fn in (merge_lora, unmerge_lora, merge_and_unload):
         with pytest.raises(ValueError, match="no LoRALinear layers"):
             fn(make_model())
+
+
+def test_a_string_target_is_a_full_regex_as_in_peft():
+    """PEFT's check_target_module_exists: a string is re.fullmatch-ed against the module name."""
+    model = make_model()
+    apply_lora(model, r"layers\.\d\.(q|v)_proj", r=1)
+    assert [n for n, _ in lora_layers(model)] == [
+        "layers.0.q_proj", "layers.0.v_proj", "layers.1.q_proj", "layers.1.v_proj"]
+    with pytest.raises(ValueError, match=r"a string is a regex .* pass a list, e.g. \['q_proj'\]"):
+        apply_lora(make_model(), "q_proj")  # a bare name is not the whole path
+    with pytest.raises(ValueError, match="not a valid one"):
+        apply_lora(make_model(), "q_proj(")
+
+
+def test_rank_too_large_names_the_module():
+    with pytest.raises(ValueError, match=r"r=4 exceeds .* of \{'head': \(8, 3\)\}"):
+        apply_lora(make_model(), ["q_proj", "head"], r=4)

@@ -170,7 +170,8 @@ def test_only_lora_parameters_change_after_training_steps():
 def test_half_precision_bases(dtype):
     torch.manual_seed(0)
     layer = LoRALinear(nn.Linear(32, 16).to(dtype), r=4, init_lora_weights=False)
-    assert layer.lora_A.dtype == dtype and layer.lora_B.dtype == dtype
+    # as PEFT (autocast_adapter_dtype=True): float32 adapters on a half-precision base
+    assert layer.lora_A.dtype == torch.float32 and layer.lora_B.dtype == torch.float32
     x = torch.randn(8, 32, dtype=dtype)
     y = layer(x)
     assert y.dtype == dtype and torch.isfinite(y).all()
@@ -378,3 +379,84 @@ def test_torch_func_grad_works_and_vmap_needs_forward_autograd():
         {f"inner.{k}": v for k, v in params.items()}, x[:, None])
     assert grads_each["inner.lora_A"].shape == (6, 4, 16)
     assert torch.allclose(grads_each["inner.lora_A"].sum(0), grads["lora_A"], atol=1e-5)
+
+
+# ---- mixed precision (issue 21 §3) -------------------------------------------------------------
+
+def test_stacked_layers_run_under_cpu_autocast_forward_and_backward():
+    torch.manual_seed(0)
+    model = nn.Sequential(LoRALinear(nn.Linear(16, 12), r=2, init_lora_weights=False),
+                          LoRALinear(nn.Linear(12, 8), r=2, init_lora_weights=False,
+                                     use_dora=True))
+    x = torch.randn(5, 16)
+    reference = model(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = model(x)
+    assert y.dtype == torch.bfloat16
+    assert torch.allclose(y.float(), reference, atol=0.05, rtol=0.02)
+    y.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32
+               for n, p in model.named_parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_base_output_is_peft_formula_in_float32_then_cast(dtype):
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(32, 16).to(dtype), r=4, init_lora_weights=False)
+    x = torch.randn(8, 32, dtype=dtype)
+    # PEFT: result = base(x); result + s * B(A(x.to(fp32))), in fp32; .to(result dtype)
+    expected = (layer.base(x) + layer.scaling * (x.float() @ layer.lora_A.T @ layer.lora_B.T)
+                ).to(dtype)
+    assert torch.equal(layer(x), expected)
+    with pytest.raises(TypeError, match=f"input dtype torch.float32 differs.*{dtype}"):
+        layer(x.float())
+
+
+def test_bf16_merge_unmerge_cycles_keep_w0_close():
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(64, 48).to(torch.bfloat16), r=4, init_lora_weights=False)
+    w0 = layer.base.weight.detach().clone()
+    for _ in range(10):
+        layer.merge()
+        layer.unmerge()
+    # each merge and each unmerge rounds once to bf16 (unit roundoff 2^-8): 20 roundings at most
+    bound = 20 * 2.0 ** -8 * (w0.float().abs() + layer.delta_weight().detach().abs())
+    assert ((layer.base.weight.float() - w0.float()).abs() <= bound).all()
+    assert (layer.base.weight.float() - w0.float()).norm() / w0.float().norm() < 5e-3
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    unmerged = layer(x)
+    layer.merge()
+    assert torch.allclose(layer(x).float(), unmerged.float(), atol=0.05, rtol=0.02)
+
+
+def test_weight_and_bias_are_read_only_views_of_the_base():
+    base = nn.Linear(6, 4)
+    layer = LoRALinear(base, r=2)
+    assert layer.weight is base.weight and layer.bias is base.bias
+    assert set(layer.state_dict()) == {"base.weight", "base.bias", "lora_A", "lora_B"}
+    with pytest.raises((AttributeError, KeyError)):  # nn.Module refuses to shadow the property
+        layer.weight = nn.Parameter(torch.zeros(4, 6))
+    assert LoRALinear(nn.Linear(6, 4, bias=False), r=2).bias is None
+
+
+def test_rank_above_features_only_when_allowed():
+    with pytest.raises(ValueError, match="allow_rank_above_features=True"):
+        LoRALinear(nn.Linear(8, 3), r=4)
+    layer = LoRALinear(nn.Linear(8, 3), r=4, allow_rank_above_features=True,
+                       init_lora_weights=False)
+    assert layer.lora_A.shape == (4, 8) and layer(torch.randn(2, 8)).shape == (2, 3)
+
+
+def test_pissa_layer_remembers_its_init_and_refuses_reinitialising():
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(8, 6), r=2, init_lora_weights=False)
+    assert layer.init_lora_weights is False
+    layer.reset_lora_parameters("pissa")  # a random layer may become PiSSA (notebook 08)
+    assert layer.init_lora_weights == "pissa"
+    x = torch.randn(3, 8)
+    before, state = layer(x), {k: v.clone() for k, v in layer.state_dict().items()}
+    for init in (True, "pissa"):
+        with pytest.raises(ValueError, match="cannot re-initialise a PiSSA layer"):
+            layer.reset_lora_parameters(init)
+    assert torch.equal(layer(x), before)
+    assert all(torch.equal(v, state[k]) for k, v in layer.state_dict().items())

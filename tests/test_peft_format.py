@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -216,12 +216,11 @@ def edit_tensors(directory, change):
 
 @pytest.mark.parametrize("field, value, message", [
     ("peft_type", "IA3", "peft_type='IA3'"),
-    ("layers_to_transform", [0], r"layers_to_transform=\[0\] is not supported"),
     ("layer_replication", [[0, 1], [0, 2]], "layer_replication=.* is not supported"),
-    ("modules_to_save", ["lm_head"], r"modules_to_save=\['lm_head'\]"),
-    ("bias", "all", "bias='all' is not supported"),
+    ("bias", "some", "bias='some': PEFT's values"),
+    ("init_lora_weights", "pissa_niter_4", "init_lora_weights='pissa_niter_4' .PiSSA by randomised"),
     ("lora_bias", True, "lora_bias=True"),
-    ("init_lora_weights", "pissa", "init_lora_weights='pissa'"),
+    ("init_lora_weights", "olora", "init_lora_weights='olora'"),
     ("target_modules", "all-linear", "target_modules='all-linear'"),
     ("target_modules", None, "target_modules=None"),
     ("some_future_option", 3, "some_future_option=3: a config field this package does not know"),
@@ -500,3 +499,222 @@ def test_gpt2_conv1d_adapter_loads_into_the_linear_version(hf, tmp_path):
     ids = torch.randint(0, 32, (2, 8))
     with torch.no_grad():
         assert torch.allclose(mine(ids).logits, reference(ids).logits, atol=1e-6, rtol=0)
+
+
+# ---- issue 21: several architectures, PiSSA, biases, heads, filters, mixed precision --------
+
+def _tiny_configs(transformers):
+    """Tiny configs of five architectures: (model class, config, LoRA targets, task_type, input)."""
+    common = dict(vocab_size=64, hidden_size=32, num_attention_heads=4, max_position_embeddings=32)
+    return {
+        "llama": (transformers.LlamaForCausalLM, transformers.LlamaConfig(
+            intermediate_size=48, num_hidden_layers=2, num_key_value_heads=2, **common),
+            ["q_proj", "v_proj", "down_proj"], "CAUSAL_LM"),
+        "qwen2": (transformers.Qwen2ForCausalLM, transformers.Qwen2Config(
+            intermediate_size=48, num_hidden_layers=1, num_key_value_heads=2, **common),
+            ["q_proj", "o_proj", "up_proj"], "CAUSAL_LM"),
+        "t5": (transformers.T5ForConditionalGeneration, transformers.T5Config(
+            vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=1, num_heads=4,
+            decoder_start_token_id=0), ["q", "v", "wo"], "SEQ_2_SEQ_LM"),
+        "bert-seq-cls": (transformers.BertForSequenceClassification, transformers.BertConfig(
+            intermediate_size=48, num_hidden_layers=1, num_labels=3, **common),
+            ["query", "value", "dense"], "SEQ_CLS"),
+    }
+
+
+def _fresh(transformers, name, seed=0):
+    cls, config, targets, task = _tiny_configs(transformers)[name]
+    torch.manual_seed(seed)
+    return cls(config).eval(), targets, task
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        if model.config.is_encoder_decoder:
+            return model(input_ids=ids, decoder_input_ids=ids[:, :5]).logits
+        return model(input_ids=ids).logits
+
+
+def _perturb_trainable(model, seed=5, scale=0.1):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * scale)
+    return model
+
+
+ARCHS = ["llama", "qwen2", "t5", "bert-seq-cls"]
+
+
+@peft_warning
+@pytest.mark.parametrize("arch", ARCHS)
+def test_architectures_round_trip_both_directions_with_peft(hf, tmp_path, arch):
+    transformers, peft, _ = hf
+    ids = torch.randint(0, 64, (2, 9))
+    # ours -> PEFT (with trained biases in the adapted layers; the SEQ_CLS head by task_type)
+    ours, targets, task = _fresh(transformers, arch)
+    apply_lora(ours, targets, r=2, lora_alpha=4, init_lora_weights=False)
+    from lora_helpers import mark_only_lora_as_trainable
+    mark_only_lora_as_trainable(ours, "lora_only")
+    if task == "SEQ_CLS":
+        ours.classifier.requires_grad_(True)
+    _perturb_trainable(ours)
+    save_peft_adapter(ours, tmp_path / "ours", task_type=task)
+    theirs = peft.PeftModel.from_pretrained(_fresh(transformers, arch)[0], tmp_path / "ours").eval()
+    assert (_logits(theirs, ids) - _logits(ours, ids)).abs().max() <= 1e-5
+    assert (_logits(_fresh(transformers, arch)[0], ids) - _logits(ours, ids)).abs().max() > 1e-3
+    # PEFT -> ours (bias="all": every bias trains and is saved)
+    reference = peft.get_peft_model(_fresh(transformers, arch)[0], peft.LoraConfig(
+        r=2, lora_alpha=4, target_modules=targets, init_lora_weights=False, bias="all",
+        task_type=task))
+    _perturb_trainable(reference, seed=6).eval().save_pretrained(tmp_path / "peft")
+    loaded = load_peft_adapter(_fresh(transformers, arch)[0], tmp_path / "peft").eval()
+    assert (_logits(loaded, ids) - _logits(reference, ids)).abs().max() <= 1e-5
+    ours_trainable = sum(p.numel() for p in loaded.parameters() if p.requires_grad)
+    assert ours_trainable == sum(p.numel() for p in reference.parameters() if p.requires_grad)
+
+
+@peft_warning
+def test_pissa_round_trips_both_directions_with_peft(hf, tmp_path):
+    transformers, peft, fresh = hf
+    ids = torch.randint(0, 64, (2, 12))
+    ours = apply_lora(fresh(), ["q_proj", "v_proj"], r=4, lora_alpha=8, init_lora_weights="pissa")
+    _perturb_trainable(ours, scale=0.05)  # "training" moves A and B away from the SVD
+    config = save_peft_adapter(ours, tmp_path / "ours", task_type="CAUSAL_LM")
+    assert config["init_lora_weights"] == "pissa"
+    theirs = peft.PeftModel.from_pretrained(fresh(), tmp_path / "ours").eval()
+    assert (_logits(theirs, ids) - _logits(ours, ids)).abs().max() <= 1e-5
+    # PEFT's PiSSA file loads here; the residual base weights are PEFT's (the same SVD)
+    reference = peft.get_peft_model(fresh(), peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights="pissa"))
+    _perturb_trainable(reference, scale=0.05).eval().save_pretrained(tmp_path / "peft")
+    loaded = load_peft_adapter(fresh(), tmp_path / "peft").eval()
+    assert (_logits(loaded, ids) - _logits(reference, ids)).abs().max() <= 1e-5
+    residual = loaded.model.layers[0].self_attn.q_proj.base.weight
+    peft_residual = reference.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight
+    assert torch.allclose(residual, peft_residual, atol=1e-6, rtol=0)
+    assert all(layer.init_lora_weights == "pissa" for _, layer in lora_layers(loaded))
+
+
+def test_mixed_pissa_and_plain_layers_are_refused_by_name(tmp_path):
+    model = apply_lora(make_base(), ["q_proj"], r=2, init_lora_weights="pissa")
+    apply_lora(model, ["v_proj"], r=2)
+    with pytest.raises(ValueError, match=r"layers \['0.q_proj', '1.q_proj'\] were initialised by "
+                                         r"PiSSA and \['0.v_proj', '1.v_proj'\] were not"):
+        save_peft_adapter(model, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_trained_head_and_biases_round_trip_here(tmp_path):
+    from lora_helpers import mark_only_lora_as_trainable
+    model = adapted()
+    mark_only_lora_as_trainable(model, "all")
+    model[1].mlp[2].requires_grad_(True)  # a trained non-LoRA module: modules_to_save
+    _perturb_trainable(model)
+    config = save_peft_adapter(model, tmp_path)
+    assert (config["bias"], config["modules_to_save"]) == ("all", ["1.mlp.2"])
+    keys = set(safetensors_torch.load_file(str(tmp_path / WEIGHTS_NAME)))
+    assert {"base_model.model.0.q_proj.base_layer.bias", "base_model.model.0.k_proj.bias",
+            "base_model.model.1.mlp.2.weight", "base_model.model.1.mlp.2.bias"} <= keys
+    loaded = load_peft_adapter(make_base(), tmp_path)
+    x = torch.randn(5, 8)
+    assert torch.equal(loaded(x), model(x))
+    assert {n for n, p in loaded.named_parameters() if p.requires_grad} == \
+        {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_a_trained_adapted_weight_is_refused_by_name(tmp_path):
+    model = adapted()
+    model[0].q_proj.base.weight.requires_grad_(True)
+    with pytest.raises(ValueError, match=r"modules \['0.q_proj.base'\] have LoRA"):
+        save_peft_adapter(model, tmp_path)
+
+
+@peft_warning
+@pytest.mark.filterwarnings("ignore:Setting `save_embedding_layers`:UserWarning")
+def test_peft_filters_rank_above_size_and_lm_head(hf, tmp_path):
+    transformers, peft, fresh = hf
+    ids = torch.randint(0, 64, (2, 12))
+    cases = {  # PEFT's module filters; r=40 above lm_head's 32 inputs; lm_head's base weight saved
+        "filters": dict(target_modules=["q_proj", "v_proj", "o_proj"], layers_to_transform=[1],
+                        layers_pattern="layers", exclude_modules=["o_proj"]),
+        "lm_head": dict(target_modules=["q_proj", "lm_head"], rank_pattern={"lm_head": 40}),
+    }
+    for name, kwargs in cases.items():
+        reference = peft.get_peft_model(fresh(), peft.LoraConfig(r=2, init_lora_weights=False,
+                                                                 **kwargs)).eval()
+        reference.save_pretrained(tmp_path / name)
+        loaded = load_peft_adapter(fresh(), tmp_path / name).eval()
+        assert (_logits(loaded, ids) - _logits(reference, ids)).abs().max() <= 1e-5, name
+    assert [n for n, _ in lora_layers(load_peft_adapter(fresh(), tmp_path / "filters"))] == [
+        "model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.v_proj"]
+    other = fresh()
+    with torch.no_grad():
+        other.lm_head.weight.add_(0.01)
+    with pytest.raises(ValueError, match="lm_head.base_layer.weight.*save_embedding_layers=False"):
+        load_peft_adapter(other, tmp_path / "lm_head")
+    assert not lora_layers(other)
+
+
+@peft_warning
+def test_bf16_base_keeps_fp32_adapters_like_peft(hf, tmp_path):
+    _, peft, fresh = hf
+    ids = torch.randint(0, 64, (2, 12))
+    reference = peft.get_peft_model(fresh().to(torch.bfloat16), peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).eval()
+    assert {p.dtype for n, p in reference.named_parameters() if "lora_" in n} == {torch.float32}
+    reference.save_pretrained(tmp_path)
+    loaded = load_peft_adapter(fresh().to(torch.bfloat16), tmp_path).eval()
+    assert {layer.lora_A.dtype for _, layer in lora_layers(loaded)} == {torch.float32}
+    ours = apply_lora(fresh().to(torch.bfloat16), ["q_proj"], r=2)
+    assert {layer.lora_B.dtype for _, layer in lora_layers(ours)} == {torch.float32}
+    # The same casts as PEFT: the same bf16 logits
+    assert torch.equal(_logits(loaded, ids), _logits(reference, ids))
+
+
+@pytest.mark.parametrize("task_type, head", [("SEQ_CLS", "score"), ("TOKEN_CLS", "classifier"),
+                                             ("QUESTION_ANS", "qa_outputs")])
+def test_task_heads_are_saved_as_modules_to_save_even_untrained(tmp_path, task_type, head):
+    """PEFT's PeftModelFor<task> adds these heads to modules_to_save and fails to load without them."""
+    model = adapted()
+    model.add_module(head, nn.Linear(8, 2))
+    getattr(model, head).requires_grad_(False)  # untrained: PEFT still needs it in the file
+    config = save_peft_adapter(model, tmp_path, task_type=task_type)
+    assert config["modules_to_save"] == [head]
+    keys = set(safetensors_torch.load_file(str(tmp_path / WEIGHTS_NAME)))
+    assert {f"base_model.model.{head}.weight", f"base_model.model.{head}.bias"} <= keys
+    fresh = make_base()
+    fresh.add_module(head, nn.Linear(8, 2))
+    with torch.no_grad():
+        getattr(fresh, head).weight.zero_()
+    load_peft_adapter(fresh, tmp_path)
+    assert torch.equal(getattr(fresh, head).weight, getattr(model, head).weight)
+    assert getattr(fresh, head).weight.requires_grad  # modules_to_save train, as in PEFT
+    edit_tensors(tmp_path, lambda t: t.pop(f"base_model.model.{head}.bias"))
+    other = make_base()
+    other.add_module(head, nn.Linear(8, 2))
+    with pytest.raises(ValueError, match=rf"selects '{head}', but the file lacks"):
+        load_peft_adapter(other, tmp_path)  # a file without the head is refused by name
+    assert not lora_layers(other)
+
+
+@settings(max_examples=40, deadline=None)
+@given(name=st.lists(st.sampled_from(["model", "layers", "h", "0", "1", "2", "q_proj", "v_proj",
+                                      "experts"]), min_size=1, max_size=5).map(".".join),
+       indexes=st.sampled_from([None, [1], [0, 2], 1]),
+       pattern=st.sampled_from([None, "layers", ["h", "layers"]]),
+       exclude=st.sampled_from([None, ["v_proj"], r".*\.1\..*"]),
+       targets=st.sampled_from([["q_proj", "v_proj"], r".*_proj", ["layers.0.q_proj"]]))
+def test_property_module_selection_agrees_with_peft(name, indexes, pattern, exclude, targets):
+    """PEFT's check_target_module_exists and ours pick the same module names."""
+    peft = pytest.importorskip("peft")
+    from peft.tuners.tuners_utils import check_target_module_exists
+    from lora_helpers.peft_format import _targeted
+    options = dict(target_modules=targets, layers_to_transform=indexes, layers_pattern=pattern,
+                   exclude_modules=exclude)
+    # configs PEFT's LoraConfig refuses: index filters with a regex, a pattern without indexes
+    assume(not (isinstance(targets, str) and (indexes is not None or pattern is not None)))
+    assume(not (pattern and indexes is None))
+    config = peft.LoraConfig(**options)
+    assert bool(_targeted(options, name)) == bool(check_target_module_exists(config, name)), name
