@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -74,6 +75,20 @@ def with_seed(nb, seed: int):
     return nb
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+ARROW = re.compile(r"^\s*-+>\s*\d+\s(.*)$")  # "----> 3 assert x == 1"
+
+
+def _failing_line(traceback: list[str]) -> str:
+    """The cell's own line that raised, from IPython's traceback (its first "---> N" line)."""
+    for frame in traceback:
+        for line in ANSI.sub("", frame).splitlines():
+            match = ARROW.match(line)
+            if match:
+                return match.group(1).strip()
+    return ""
+
+
 def failures(nb) -> list[str]:
     """One line per code cell that raised where no error was expected, in order.
 
@@ -88,12 +103,10 @@ def failures(nb) -> list[str]:
         expected = "raises-exception" in cell.metadata.get("tags", [])
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error" and not expected:
-                first = next((ln.strip() for ln in cell.source.splitlines()
-                              if ln.strip().startswith("assert")), "")
+                first = _failing_line(out.get("traceback", []))
                 what = f"{out.ename}: {out.evalue}".strip()[:160]
                 cascade = " (follows an earlier failure)" if out.ename == "NameError" and lines else ""
-                lines.append(f"cell {number}: {what}{cascade}"
-                             + (f" [{first[:100]}]" if out.ename == "AssertionError" and first else ""))
+                lines.append(f"cell {number}: {what}{cascade}" + (f" [{first[:120]}]" if first else ""))
     return lines
 
 
