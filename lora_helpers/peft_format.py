@@ -38,7 +38,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .inject import _set_submodule, lora_layers, mark_only_lora_as_trainable
+from ._modules import set_submodule
+from .inject import lora_layers, mark_only_lora_as_trainable
 from .layers import LoRALinear
 
 __all__ = ["save_peft_adapter", "load_peft_adapter", "CONFIG_NAME", "WEIGHTS_NAME"]
@@ -568,7 +569,7 @@ def _apply(model: nn.Module, config: dict, specs: dict[str, tuple[int, float]],
         for path, value in extra.items():
             params[path].copy_(value)
     for name, layer in wrapped.items():
-        _set_submodule(model, name, layer)
+        set_submodule(model, name, layer)
     mark_only_lora_as_trainable(model, bias=config["bias"])
     for head in heads:  # PEFT trains modules_to_save
         model.get_submodule(head).requires_grad_(True)

@@ -24,7 +24,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from ._checks import as_matrix, check_int
-from .rank import Matrix, _check_threshold, _energy_rank
+from .rank import Matrix, check_threshold, energy_rank_of_spectrum
 
 __all__ = ["plot_heatmap", "plot_lora_decomposition", "plot_singular_values",
            "plot_subspace_similarity", "plot_accuracy_vs_parameters"]
@@ -181,7 +181,7 @@ def plot_singular_values(matrices: Mapping[str, Matrix], ax: Axes | None = None,
                         " e.g. {'W0': layer.base.weight, 'ΔW': layer.delta_weight()}")
     if not matrices:
         raise ValueError("matrices is empty; pass at least one {name: matrix}")
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
     checked = {name: _as_matrix(w, f"matrices[{name!r}]") for name, w in matrices.items()}
     eps = {name: _machine_epsilon(w) for name, w in matrices.items()}
     spectra = {name: torch.linalg.svdvals(t) for name, t in checked.items()}  # each (k,)
@@ -196,7 +196,7 @@ def plot_singular_values(matrices: Mapping[str, Matrix], ax: Axes | None = None,
         label = f"{name} ({checked[name].shape[0]}×{checked[name].shape[1]})"
         if twin is not None and s.sum() > 0:
             cumulative = (s ** 2).cumsum(0).numpy() / float((s ** 2).sum())  # (k,)
-            k = _energy_rank(s, threshold)
+            k = energy_rank_of_spectrum(s, threshold)
             twin.plot(i, cumulative, ls="--", color=color)
             twin.plot([k], [cumulative[k - 1]], "o", color=color)
             label += f": {threshold:.0%} energy at k = {k}"

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from ._checks import check_int
+from ._modules import attention_out_projs, replace_with_rollback, set_submodule, target_matcher
 
 __all__ = ["nf4_levels", "NF4_LEVELS", "NF4Tensor", "quantize_nf4", "NF4Linear",
            "quantize_model", "dequantize_model"]
@@ -252,10 +253,17 @@ class NF4Linear(nn.Module):
     its quantized weight is held in buffers (so ``.to()``, ``state_dict`` and ``nbytes`` see it)
     and its bias, if any, is a frozen parameter. Build it with ``NF4Linear.from_linear``.
 
-    ``lora_helpers.apply_lora`` wraps it in a ``LoRALinear`` like an ``nn.Linear`` (QLoRA).
+    ``lora_helpers.apply_lora`` wraps it in a ``LoRALinear`` like an ``nn.Linear`` (QLoRA),
+    through a small protocol, so that the LoRA core never imports this module:
+    ``lora_base_kind = nn.Linear`` (adapt me as a linear layer), ``mergeable = False`` (my weight
+    cannot be written: no merge, no PiSSA residual), ``weight`` (the dequantized weight, a new
+    tensor on every read, so writing into it changes nothing), ``dtype`` and ``device``.
 
     Shapes: input ``(..., in_features)`` → output ``(..., out_features)``.
     """
+
+    lora_base_kind = nn.Linear
+    mergeable = False
 
     def __init__(self, quantized_weight: NF4Tensor, bias: torch.Tensor | None = None) -> None:
         super().__init__()
@@ -316,6 +324,12 @@ class NF4Linear(nn.Module):
     def device(self) -> torch.device:
         return self.codes.device
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized weight, ``(out_features, in_features)``: a new tensor on every read
+        (read-only in effect: writing into it does not change the stored NF4 codes)."""
+        return self.dequantized_weight()
+
     def dequantized_weight(self) -> torch.Tensor:
         """The weight the forward pass uses, ``(out_features, in_features)``."""
         return self.quantized_weight.dequantize()
@@ -350,57 +364,61 @@ class NF4Linear(nn.Module):
                 f"double_quant={q.double_quant}")
 
 
-def _matches(name: str, target: str) -> bool:
-    return name == target or name.endswith("." + target)
-
-
 def quantize_model(model: nn.Module, target_modules: str | Iterable[str] | None = None,
                    exclude_modules: str | Iterable[str] = (), block_size: int = 64,
                    double_quant: bool = False) -> nn.Module:
     """Replace ``nn.Linear`` layers of ``model`` by ``NF4Linear`` (in place; returns ``model``).
 
     Args:
-        target_modules: names matched by PEFT's suffix rule (``"fc1"`` matches
-            ``"blocks.0.mlp.fc1"``); ``None`` means every ``nn.Linear``.
-        exclude_modules: names (same rule) to leave in full precision, e.g. ``["head"]``; QLoRA
-            keeps the output layer in 16 bits.
+        target_modules: a list of names matched by PEFT's suffix rule (``"fc1"`` matches
+            ``"blocks.0.mlp.fc1"``), or one string, a regex matched against the whole name
+            (PEFT's rule, as in ``apply_lora``); ``None`` means every ``nn.Linear``.
+        exclude_modules: names or a regex (same rules) to leave in full precision, e.g.
+            ``["head"]``; QLoRA keeps the output layer in 16 bits.
         block_size, double_quant: as in ``quantize_nf4``.
     Every name in ``target_modules`` and ``exclude_modules`` must match a linear layer. All checks
     (including the block size of every chosen layer) run before anything changes. The ``out_proj``
     of an ``nn.MultiheadAttention`` is never quantized: that module reads ``out_proj.weight``
     directly instead of calling it.
     """
-    def names(value: str | Iterable[str] | None, what: str) -> list[str] | None:
-        if value is None:
-            return None
-        values = [value] if isinstance(value, str) else list(value) if isinstance(value, Iterable) else [None]
-        if not all(isinstance(v, str) and v for v in values):
-            raise TypeError(f"{what} must be module names, got {value!r}; e.g. {what}=['head']")
-        return values
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    targets, excluded = names(target_modules, "target_modules"), names(exclude_modules, "exclude_modules")
-    if targets == []:
+    chosen = _choose_linears(model, target_modules, exclude_modules)
+    replace_with_rollback(model, chosen, lambda linear: NF4Linear.from_linear(
+        linear, block_size=block_size, double_quant=double_quant))
+    return model
+
+
+def _choose_linears(model: nn.Module, target_modules: str | Iterable[str] | None,
+                    exclude_modules: str | Iterable[str]) -> list[str]:
+    """The names ``quantize_model`` replaces: PEFT's matching rules (``lora_helpers._modules``)."""
+    if target_modules is not None and not isinstance(target_modules, str) \
+            and isinstance(target_modules, Iterable) and not list(target_modules):
         raise ValueError("target_modules is empty; pass None to quantize every nn.Linear")
-    inside_attention = {f"{n}.out_proj" if n else "out_proj" for n, m in model.named_modules()
-                        if isinstance(m, nn.MultiheadAttention)}
-    linears = [n for n, m in model.named_modules()
-               if isinstance(m, nn.Linear) and n not in inside_attention]
-    for what, wanted in (("target_modules", targets or []), ("exclude_modules", excluded)):
-        unmatched = [t for t in wanted if not any(_matches(n, t) for n in linears)]
+    targets, match = target_matcher(target_modules) if target_modules is not None else (None, None)
+    excluded, match_ex = (target_matcher(exclude_modules, "exclude_modules")
+                          if isinstance(exclude_modules, str) or list(exclude_modules) else ([], None))
+    out_projs = attention_out_projs(model)
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in out_projs]
+    for what, wanted, rule in (("target_modules", targets or [], match),
+                               ("exclude_modules", excluded, match_ex)):
+        unmatched = [t for t in wanted if not any(rule(n, t) for n in linears)]
         if unmatched:
             raise ValueError(f"{what} {unmatched} match no nn.Linear in the model; its linear "
                              f"layers are: {linears}")
-    chosen = [n for n in linears if (targets is None or any(_matches(n, t) for t in targets))
-              and not any(_matches(n, t) for t in excluded)]
+    chosen = [n for n in linears if (targets is None or any(match(n, t) for t in targets))
+              and not any(match_ex(n, t) for t in excluded)]
     if not chosen:
         raise ValueError(f"nothing to quantize: every linear layer {linears} is excluded")
-    new = {name: NF4Linear.from_linear(model.get_submodule(name), block_size=block_size,
-                                       double_quant=double_quant) for name in chosen}
-    for name, layer in new.items():
-        _set_submodule(model, name, layer)
-    return model
+    if "" in chosen:
+        raise ValueError("pass a model that contains linear layers, not a single layer; for one "
+                         "layer use NF4Linear.from_linear(layer)")
+    merged = [n for n in chosen if n.endswith("base") and getattr(
+        model.get_submodule(n.rpartition(".")[0]), "merged", False)]
+    if merged:
+        raise ValueError(f"{merged} are the bases of merged LoRA layers (they hold W0 + ΔW); "
+                         "unmerge_lora(model) before quantizing, so that only W0 goes to NF4")
+    return chosen
 
 
 def dequantize_model(model: nn.Module) -> nn.Module:
@@ -410,13 +428,5 @@ def dequantize_model(model: nn.Module) -> nn.Module:
         if isinstance(module, NF4Linear):
             if not name:
                 return module.to_linear()
-            _set_submodule(model, name, module.to_linear())
+            set_submodule(model, name, module.to_linear())
     return model
-
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    if not name:
-        raise ValueError("pass a model that contains linear layers, not a single layer; for one "
-                         "layer use NF4Linear.from_linear(layer)")
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name), child, new)
