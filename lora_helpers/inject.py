@@ -154,8 +154,9 @@ def apply_lora(
     if "" in chosen:
         raise ValueError("target_modules matched the model itself; apply_lora adapts layers "
                          "inside a model. For a single layer use LoRALinear(layer, r=...)")
-    too_small = {name: (m.in_features, m.out_features) for name in chosen
-                 if r > min((m := model.get_submodule(name)).in_features, m.out_features)
+    sizes = {name: (getattr(m, "in_features", None), getattr(m, "out_features", None))
+             for name in chosen for m in [model.get_submodule(name)]}
+    too_small = {name: size for name, size in sizes.items() if None not in size and r > min(size)
                  } if isinstance(r, int) and not isinstance(r, bool) else {}
     if too_small:
         raise ValueError(f"r={r} exceeds min(in_features, out_features) of {too_small} (name: "

@@ -100,8 +100,9 @@ def plot_heatmap(w: Matrix, ax: Axes | None = None, title: str | None = None, *,
 def plot_lora_decomposition(layer: object, *, max_size: int = 128) -> Figure:
     """One row of heatmaps reading as the equation ``W0 + s·B·A = W0 + ΔW = W``.
 
-    ``layer`` is a ``LoRALinear`` (anything with ``.base.weight``, ``.lora_A``, ``.lora_B``,
-    ``.scaling``, ``.r`` and ``.delta_weight()``). Panels: ``W0`` (out×in), ``B`` (out×r),
+    ``layer`` is a plain-LoRA ``LoRALinear`` (anything with ``.base.weight``, ``.lora_A``,
+    ``.lora_B``, ``.scaling``, ``.r`` and ``.delta_weight()``), also on an NF4 base (its
+    dequantized weight is drawn as W0); a DoRA layer is refused (its ΔW is not s·B·A). Panels: ``W0`` (out×in), ``B`` (out×r),
     ``A`` (r×in), ``ΔW = s·B·A`` (out×in) and ``W = W0 + ΔW``, sized like the matrices (B is
     narrow, A is short). Colour scales: ``W0`` and ``W`` share one, so the visible difference is
     the real change; ``ΔW``, ``B`` and ``A`` each get their own, since ΔW is usually far smaller
@@ -113,6 +114,10 @@ def plot_lora_decomposition(layer: object, *, max_size: int = 128) -> Figure:
         raise TypeError(f"plot_lora_decomposition needs a LoRALinear, got {type(layer).__name__} "
                         f"(missing {missing or ['base.weight']}); wrap the layer with "
                         "LoRALinear(nn.Linear(...)) or apply_lora first")
+    if getattr(layer, "use_dora", False):
+        raise ValueError("plot_lora_decomposition draws W0 + s·B·A = W0 + ΔW, but this is a DoRA "
+                         "layer, whose ΔW = m / ‖W0 + s·BA‖_row ⊙ (W0 + s·BA) - W0 is not s·B·A; "
+                         "draw its layer.delta_weight() with plot_heatmap instead")
     max_size = check_int(max_size, "max_size", 1, 10**6, "cells per side to draw")
     with torch.no_grad():
         delta = _as_matrix(layer.delta_weight(), "delta_weight()")  # (out, in)
