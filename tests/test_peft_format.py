@@ -718,3 +718,13 @@ def test_property_module_selection_agrees_with_peft(name, indexes, pattern, excl
     assume(not (pattern and indexes is None))
     config = peft.LoraConfig(**options)
     assert bool(_targeted(options, name)) == bool(check_target_module_exists(config, name)), name
+
+
+def test_rank_pattern_keys_match_whole_name_segments():
+    """PEFT's ``(.*\\.)?(key)$``: "q_proj" matches "q_proj" and "a.q_proj", never "xq_proj"."""
+    from lora_helpers.peft_format import _pattern_key
+    patterns = {"q_proj": 4}
+    assert _pattern_key(patterns, "q_proj") == "q_proj"
+    assert _pattern_key(patterns, "layers.0.q_proj") == "q_proj"
+    assert _pattern_key(patterns, "layers.0.xq_proj") is None
+    assert _pattern_key(patterns, "xq_proj") is None

@@ -165,17 +165,36 @@ def test_byte_count_formula(n_blocks, block, dq):
 
 @settings(max_examples=30, deadline=None)
 @given(n_blocks=st.integers(1, 700), scale=st.floats(1e-3, 1e3), seed=st.integers(0, 2**16))
-def test_double_quant_reconstructs_absmax_within_half_an_int8_step(n_blocks, scale, seed):
+def test_double_quant_reconstructs_every_absmax_within_half_a_log_step(n_blocks, scale, seed):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(n_blocks * 64, generator=g) * scale
     exact = quantize_nf4(w).absmax
     q = quantize_nf4(w, double_quant=True)
-    centred = exact - exact.mean()
-    padded = torch.zeros(math.ceil(n_blocks / 256) * 256)
-    padded[:n_blocks] = centred
-    step = padded.view(-1, 256).abs().amax(1).repeat_interleave(256)[:n_blocks] / 127
-    assert torch.all((q.block_absmax() - exact).abs() <= step / 2 + 1e-6 * exact.abs().max())
+    step = float(q.absmax_offset)
+    bound = 2 ** (step / 2) - 1 + 1e-5
+    assert torch.all(((q.block_absmax() - exact).abs() / exact) <= bound)
+    assert bound < 0.01  # normal weights: under 1% for every block
     assert q.absmax_codes.dtype == torch.int8 and q.absmax_offset.dtype == torch.float32
+
+
+def test_double_quant_resolves_small_blocks_among_normal_ones():
+    """Blocks 100x smaller than their neighbours keep their accuracy (0.785 relative error with
+    the mean-subtracted linear 8-bit code; about 0.094, as without double quantization, here)."""
+    torch.manual_seed(0)
+    w = torch.randn(64, 64 * 64)
+    w[::8] *= 0.01  # one block row in eight is small
+    small = slice(0, None, 8)
+
+    def rel_error(q):
+        d = q.dequantize()
+        return float((d[small] - w[small]).norm() / w[small].norm())
+
+    plain, dq = rel_error(quantize_nf4(w)), rel_error(quantize_nf4(w, double_quant=True))
+    assert plain < 0.11 and dq < plain * 1.02
+    zero = torch.zeros(4 * 64)
+    zero[64:128] = torch.randn(64)  # all-zero blocks stay exactly zero
+    back = quantize_nf4(zero, double_quant=True).dequantize()
+    assert torch.equal(back[:64], zero[:64]) and torch.equal(back[128:], zero[128:])
 
 
 # ---------------------------------------------------------------- against bitsandbytes itself
