@@ -26,7 +26,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ._modules import attention_out_projs, matches, replace_with_rollback, set_submodule, target_matcher
+from ._modules import attention_out_projs, replace_with_rollback, set_submodule, target_matcher
 from .dora import DoRALinear
 from .layers import LoRALinear, is_mergeable
 
