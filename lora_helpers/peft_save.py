@@ -157,12 +157,24 @@ def save_peft_adapter(model: nn.Module, save_directory: str | Path,
                          "save a model that contains it, e.g. nn.Sequential(layer)")
     if task_type is not None and task_type not in TASK_TYPES:
         raise ValueError(f"task_type={task_type!r} is not one of PEFT's {TASK_TYPES} (or None)")
+    config, extra = _config(model, layers, base_model_name_or_path, task_type)
+    tensors = _tensors(layers, config["use_dora"], extra)
+    directory = Path(save_directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True),
+                                         encoding="utf-8")
+    safetensors_module().save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+    return config
+
+
+def _config(model: nn.Module, layers: list[tuple[str, LoRALinear]], base_model_name_or_path: str | None,
+            task_type: str | None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """PEFT's config for ``layers`` and the extra tensors (biases, ``modules_to_save``)."""
     dropout = _one_value(layers, "lora_dropout", _dropout)
     use_rslora = _one_value(layers, "use_rslora", lambda layer: bool(layer.use_rslora))
     use_dora = _one_value(layers, "use_dora", lambda layer: layer.use_dora)
     init = _init_value(layers)
     bias, modules_to_save, extra = _extras(model, layers, task_type)
-
     paths = [name for name, _ in layers]
     ranks = {name: layer.r for name, layer in layers}
     alphas = {name: _number(layer.lora_alpha) for name, layer in layers}
@@ -182,7 +194,12 @@ def save_peft_adapter(model: nn.Module, save_directory: str | Path,
         # A '.' in "^<path>" matched some other layer: use fully escaped paths instead.
         for key in ("rank_pattern", "alpha_pattern"):
             config[key] = {"^" + re.escape(p[1:]): v for p, v in config[key].items()}
+    return config, extra
 
+
+def _tensors(layers: list[tuple[str, LoRALinear]], use_dora: bool,
+             extra: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """PEFT's tensor keys → contiguous CPU tensors: A ``(r, in)``, B ``(out, r)``, DoRA's m ``(out,)``."""
     tensors = {}
     for name, layer in layers:
         key = f"{PREFIX}{name}"
@@ -192,9 +209,4 @@ def save_peft_adapter(model: nn.Module, save_directory: str | Path,
             tensors[f"{key}.lora_magnitude_vector"] = (
                 layer.lora_magnitude_vector.detach().cpu().contiguous())  # (out,)
     tensors.update({PREFIX + k: v.detach().cpu().contiguous() for k, v in extra.items()})
-    directory = Path(save_directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True),
-                                         encoding="utf-8")
-    safetensors_module().save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-    return config
+    return tensors
