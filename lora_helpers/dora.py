@@ -200,18 +200,26 @@ class DoRALinear(LoRALinear):
         return (self.lora_magnitude_vector / norm)[:, None] * adapted - w0  # (out, in)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """As ``LoRALinear.forward``; with active dropout, PEFT's formula by autograd."""
-        if self.training and isinstance(self.lora_dropout, nn.Dropout):
-            return self.forward_autograd(x)
-        return super().forward(x)
+        """As ``LoRALinear.forward``, through ``DoRALinearFunction``; with active dropout (training
+        and ``lora_dropout > 0``), PEFT's formula by autograd (``forward_autograd``).
 
-    def _fused(self, x2d: torch.Tensor) -> torch.Tensor:
-        """``DoRALinearFunction`` on ``(n, in)`` → ``(n, out)`` (no dropout here)."""
-        args = (x2d, self.base.weight, self.base.bias, self.lora_A, self.lora_B, self.scaling,
+        Args: ``x: (..., in_features)``. Returns: ``(..., out_features)``.
+        """
+        base = self.base
+        if (self.merged or self.disabled or (self.training and self.lora_dropout_p > 0)
+                or type(base).forward is not nn.Linear.forward
+                or base._forward_hooks or base._forward_pre_hooks
+                or not x.dtype == self.lora_A.dtype == base.weight.dtype
+                or torch.is_autocast_enabled(x.device.type) or x.shape[-1:] != (self.in_features,)):
+            return self.forward_autograd(x)
+        x2d = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # (n, in)
+        args = (x2d, base.weight, base.bias, self.lora_A, self.lora_B, self.scaling,
                 self.lora_magnitude_vector, self.dora_weight_norm())
         if torch.is_grad_enabled():
-            return DoRALinearFunction.apply(*args)[0]  # (n, out)
-        return DoRALinearFunction.forward(*args)[0]  # no autograd: (n, out)
+            out = DoRALinearFunction.apply(*args)[0]  # (n, out)
+        else:
+            out = DoRALinearFunction.forward(*args)[0]  # no autograd: (n, out)
+        return out if x.dim() == 2 else out.view(*x.shape[:-1], self.out_features)  # (..., out)
 
     def _add_update(self, result: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
         """PEFT's form: ``base(x) + (c - 1) ⊙ W0 x_d + c ⊙ s·B A x_d``, ``c = m / ‖W0 + s·BA‖``

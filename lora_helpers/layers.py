@@ -85,6 +85,7 @@ class LoRALinear(nn.Module):
         self.lora_alpha, self.use_rslora = lora_alpha, use_rslora
         self.scaling = lora_alpha / (math.sqrt(r) if use_rslora else r)
         self.lora_dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
+        self.lora_dropout_p = float(lora_dropout)
         dtype = self.compute_dtype
         factory = {"device": getattr(base, "device", None) or base.weight.device,
                    "dtype": torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype}
@@ -167,24 +168,22 @@ class LoRALinear(nn.Module):
         Returns:
             ``(..., out_features)``.
         """
-        base = self.base
+        base, lora_A = self.base, self.lora_A
+        weight = base.weight  # (out, in)
         if (self.merged or self.disabled or type(base).forward is not nn.Linear.forward
                 or base._forward_hooks or base._forward_pre_hooks
-                or not x.dtype == self.lora_A.dtype == base.weight.dtype
+                or not x.dtype == lora_A.dtype == weight.dtype
                 or torch.is_autocast_enabled(x.device.type) or x.shape[-1:] != (self.in_features,)):
             return self.forward_autograd(x)
         x2d = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # (n, in)
-        out = self._fused(x2d)  # (n, out)
-        return out if x.dim() == 2 else out.view(*x.shape[:-1], self.out_features)  # (..., out)
-
-    def _fused(self, x2d: torch.Tensor) -> torch.Tensor | None:
-        """``LoRALinearFunction`` on a 2-D input ``(n, in)`` → ``(n, out)``."""
-        args = (self.base.weight, self.base.bias, self.lora_A, self.lora_B, self.scaling)
-        dropped = self.lora_dropout(x2d)  # (n, in); the same object when there is no dropout
-        dropped = None if dropped is x2d else dropped
+        dropped = self.lora_dropout(x2d) if self.lora_dropout_p > 0 else None  # (n, in) or None
+        args = (x2d, None if dropped is x2d else dropped, weight, base.bias, lora_A, self.lora_B,
+                self.scaling)
         if torch.is_grad_enabled():
-            return LoRALinearFunction.apply(x2d, dropped, *args)[0]  # (n, out)
-        return LoRALinearFunction.forward(x2d, dropped, *args)[0]  # no autograd: (n, out)
+            out = LoRALinearFunction.apply(*args)[0]  # (n, out), hand-written backward
+        else:
+            out = LoRALinearFunction.forward(*args)[0]  # the same numbers, no autograd: (n, out)
+        return out if x.dim() == 2 else out.view(*x.shape[:-1], self.out_features)  # (..., out)
 
     def forward_autograd(self, x: torch.Tensor) -> torch.Tensor:
         """The same output as ``forward`` from ordinary ops (autograd derives the backward).

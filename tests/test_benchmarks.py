@@ -61,3 +61,12 @@ def test_bench_nf4_runs_and_prints_every_ratio():
               if line.startswith(("(a)", "(b)", "(c)", "    forward"))]
     assert len(ratios) == 4 and all(float(r) > 0 for r in ratios), result.stdout
     assert "NF4 2,304 B (4.5000 bits/param)" in result.stdout   # 64·64/2 + 4·64 bytes
+
+
+def test_bench_inference_runs_and_prints_every_variant():
+    result = run("bench_inference.py", "--d", "16", "--tokens", "2", "--rounds", "1")
+    assert result.returncode == 0, result.stderr
+    assert "logits agree: True" in result.stdout
+    speeds = [line for line in result.stdout.splitlines() if line.endswith("the base")]
+    assert [line.split("  ")[1].strip() for line in speeds] == [
+        "base", "unmerged (LoRALinear)", "unmerged (bare arithmetic)", "merged"]
