@@ -138,8 +138,8 @@ class DoRALinear(LoRALinear):
     row norms of ``W0 + ΔW``; the output is ``m ⊙ (W0 + s·BA) x / ‖W0 + s·BA‖_row + bias``, the
     norm detached from the gradient (§4.3). Arguments as ``LoRALinear`` (``use_dora`` is
     implied). Merged, ``base.weight`` holds ``c ⊙ (W0 + s·BA)`` with ``c = m / ‖W0 + s·BA‖_row``;
-    ``c`` is kept in the buffer ``lora_dora_factor`` (it is in the state dict, so a merged model's
-    state dict can be unmerged after loading).
+    ``c`` is kept in ``lora_dora_factor``; a merged layer's state dict carries it, so a merged
+    model's state dict can be unmerged after loading.
 
     Shapes: input ``(..., in_features)`` → output ``(..., out_features)``.
     """
@@ -157,7 +157,7 @@ class DoRALinear(LoRALinear):
 
     def _init_variant(self, factory: dict) -> None:
         self.lora_magnitude_vector = nn.Parameter(torch.empty(self.out_features, **factory))  # m
-        self.register_buffer("lora_dora_factor", torch.ones(self.out_features, **factory))  # c
+        self.lora_dora_factor = torch.ones(self.out_features, **factory)  # c, set by merge()
         self._w0_sq_norm: tuple | None = None  # (W0, its data_ptr, its _version, ‖W0_i‖²: (out,))
 
     @torch.no_grad()
@@ -229,6 +229,29 @@ class DoRALinear(LoRALinear):
         base_d = nn.functional.linear(dropped, self.base.weight.to(dropped.dtype))  # (..., out)
         return result + (c - 1) * base_d + (c * self.scaling) * lora  # (..., out)
 
+    def _merged_state(self) -> dict[str, torch.Tensor]:
+        state = super()._merged_state()
+        if self.merged:
+            state["lora_dora_factor"] = self.lora_dora_factor.detach().clone()  # c: (out,)
+        return state
+
+    def _merged_state_keys(self) -> tuple[str, ...]:
+        return ("lora_merged", "lora_dora_factor")
+
+    def _load_merged_state(self, extra: dict[str, torch.Tensor]) -> None:
+        if extra.get("lora_merged", False) and "lora_dora_factor" not in extra:
+            raise ValueError("this merged DoRA state dict has no lora_dora_factor, which unmerge "
+                             "needs; save it again from a merged DoRALinear")
+        super()._load_merged_state(extra)
+        if self.merged:
+            with torch.no_grad():
+                self.lora_dora_factor = extra["lora_dora_factor"].to(self.lora_dora_factor)
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        self.lora_dora_factor = fn(self.lora_dora_factor)  # moves and casts with the layer
+        return self
+
     @torch.no_grad()
     def merge(self) -> None:
         """``base.weight ← c ⊙ (W0 + s·BA)``, ``c = m / ‖W0 + s·BA‖_row`` kept for ``unmerge``.
@@ -248,7 +271,7 @@ class DoRALinear(LoRALinear):
                              "zero or non-finite factor m / ‖W0 + s·BA‖ (a zero magnitude would "
                              "erase W0's row, and unmerge could not restore it); base.weight is "
                              "untouched. Keep this layer unmerged")
-        self.lora_dora_factor.copy_(factor)
+        self.lora_dora_factor = factor.clone()  # (out,)
         self.base.weight.copy_(factor[:, None] * adapted)  # (out, 1) ⊙ (out, in)
         self._set_merged(True)
 

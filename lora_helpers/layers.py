@@ -58,8 +58,9 @@ class LoRALinear(nn.Module):
     runs in float32 and the sum is cast back to the base's dtype (``forward_autograd``).
 
     Attributes:
-        merged: whether ``ΔW`` is inside ``base.weight``; kept in the state dict as the buffer
-            ``lora_merged``, so loading a merged model's state dict restores it as merged.
+        merged: whether ``ΔW`` is inside ``base.weight``. A merged layer's state dict carries
+            ``lora_merged`` (absent while unmerged, so the keys are the usual ones), and loading
+            it (with ``base.weight``) makes the layer merged: ΔW is never added twice.
         init_lora_weights: the initialisation last applied (``save_peft_adapter`` writes it).
         weight, bias: read-only views of ``base.weight`` / ``base.bias`` (as in PEFT).
 
@@ -91,7 +92,6 @@ class LoRALinear(nn.Module):
                    "dtype": torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype}
         self.lora_A = nn.Parameter(torch.empty(r, self.in_features, **factory))   # (r, in)
         self.lora_B = nn.Parameter(torch.empty(self.out_features, r, **factory))  # (out, r)
-        self.register_buffer("lora_merged", torch.zeros((), dtype=torch.bool, device=factory["device"]))
         self.merged = False
         self.disabled = False  # set by lora_helpers.disable_lora
         self._init_variant(factory)
@@ -254,11 +254,34 @@ class LoRALinear(nn.Module):
 
     def _set_merged(self, merged: bool) -> None:
         self.merged = merged
-        self.lora_merged.fill_(merged)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self.merged = bool(self.lora_merged)  # a merged model's state dict loads as merged
+    def _merged_state(self) -> dict[str, torch.Tensor]:
+        """What a merged layer adds to its state dict (DoRA adds its factor); nothing unmerged."""
+        return {"lora_merged": torch.ones((), dtype=torch.bool)} if self.merged else {}
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for key, value in self._merged_state().items():  # only while merged: keys unchanged otherwise
+            destination[prefix + key] = value
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        extra = {key: state_dict[prefix + key] for key in self._merged_state_keys()
+                 if prefix + key in state_dict}
+        for key in extra:
+            if prefix + key in unexpected_keys:
+                unexpected_keys.remove(prefix + key)
+        if prefix + "base.weight" in state_dict:  # the base's weight is loaded: W0, or W0 + ΔW
+            self._load_merged_state(extra)
+
+    def _merged_state_keys(self) -> tuple[str, ...]:
+        return ("lora_merged",)
+
+    def _load_merged_state(self, extra: dict[str, torch.Tensor]) -> None:
+        """A merged layer's state dict loads as merged (so ΔW is never added twice)."""
+        self.merged = bool(extra.get("lora_merged", False))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, "

@@ -436,7 +436,7 @@ def test_weight_and_bias_are_read_only_views_of_the_base():
     base = nn.Linear(6, 4)
     layer = LoRALinear(base, r=2)
     assert layer.weight is base.weight and layer.bias is base.bias
-    assert set(layer.state_dict()) == {"base.weight", "base.bias", "lora_A", "lora_B", "lora_merged"}
+    assert set(layer.state_dict()) == {"base.weight", "base.bias", "lora_A", "lora_B"}  # unmerged
     with pytest.raises((AttributeError, KeyError)):  # nn.Module refuses to shadow the property
         layer.weight = nn.Parameter(torch.zeros(4, 6))
     assert LoRALinear(nn.Linear(6, 4, bias=False), r=2).bias is None
