@@ -314,3 +314,8 @@ def test_a_new_layer_type_plugs_in_through_the_wrapper_table(monkeypatch):
     model = nn.Sequential(Scale(), nn.Linear(4, 4))
     apply_lora(model, ["0", "1"], r=2)
     assert built == [2] and isinstance(model[1], LoRALinear)
+
+
+def test_a_string_target_must_match_the_whole_name_not_a_prefix():
+    with pytest.raises(ValueError, match="match no nn.Linear"):
+        apply_lora(make_model(), r"layers\.0\.q", r=1)  # only a prefix of layers.0.q_proj

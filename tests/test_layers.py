@@ -505,3 +505,16 @@ def test_a_merged_state_dict_loads_as_merged_and_is_not_added_twice():
     fresh.unmerge()
     torch.testing.assert_close(fresh(x), expected)
     torch.testing.assert_close(fresh.base.weight, layer.base.weight - layer.delta_weight())
+
+
+def test_forward_pre_hooks_of_the_base_are_honoured():
+    layer = make_layer(r=4, init_lora_weights=False)
+    x = torch.randn(3, 16)
+    handle = layer.base.register_forward_pre_hook(lambda module, args: (2 * args[0],))
+    # the hook doubles what the base sees; the LoRA path still sees x
+    want = layer.base(x) + layer.scaling * (x @ layer.lora_A.T) @ layer.lora_B.T
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            torch.testing.assert_close(layer(x), want)
+    handle.remove()
+    assert not torch.allclose(layer(x), want)
