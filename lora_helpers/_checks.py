@@ -123,7 +123,7 @@ def check_lora_arguments(base: nn.Module, r: object, lora_alpha: object, lora_dr
             f"{base.out_features}); a rank-r update needs r <= {smaller} (PEFT accepts a larger "
             "r: pass allow_rank_above_features=True to do the same)")
     check_positive(lora_alpha, "lora_alpha", "8 (a common choice is lora_alpha = r: scaling 1)")
-    if isinstance(lora_dropout, bool) or not isinstance(lora_dropout, (int, float)):
+    if isinstance(lora_dropout, bool) or not isinstance(lora_dropout, numbers.Real):
         raise TypeError(f"lora_dropout must be a float in [0, 1), got {lora_dropout!r}")
     if not 0.0 <= lora_dropout < 1.0:
         raise ValueError(f"lora_dropout must be in [0, 1), got {lora_dropout}; use 0.0 for no dropout")

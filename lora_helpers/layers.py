@@ -69,7 +69,8 @@ class LoRALinear(nn.Module):
 
     use_dora = False
 
-    def __new__(cls, *args, use_dora: bool = False, **kwargs):
+    def __new__(cls, *args, **kwargs):
+        use_dora = kwargs.get("use_dora", args[6] if len(args) > 6 else False)  # by keyword or position
         if use_dora is True and cls is LoRALinear:
             from .dora import DoRALinear  # the variant, chosen by PEFT's flag
             cls = DoRALinear

@@ -254,6 +254,7 @@ def test_dora_is_its_own_class_and_still_a_lora_linear():
     assert all(type(m) is DoRALinear for m in model.modules() if isinstance(m, LoRALinear))
     plain = LoRALinear(nn.Linear(6, 4), r=2)
     assert type(plain) is LoRALinear and plain.lora_magnitude_vector is None
+    assert type(LoRALinear(nn.Linear(6, 4), 2, 2, 0.0, False, True, True)) is DoRALinear  # by position
     with pytest.raises(TypeError, match="use_dora must be True"):
         DoRALinear(nn.Linear(6, 4), r=2, use_dora=False)
 
