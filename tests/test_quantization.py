@@ -191,10 +191,14 @@ def test_double_quant_resolves_small_blocks_among_normal_ones():
 
     plain, dq = rel_error(quantize_nf4(w)), rel_error(quantize_nf4(w, double_quant=True))
     assert plain < 0.11 and dq < plain * 1.02
+    q = quantize_nf4(w, double_quant=True)  # the 254 steps span the widest group exactly:
+    assert int(q.absmax_codes.min()) == -127 and int(q.absmax_codes.max()) == 127
     zero = torch.zeros(4 * 64)
-    zero[64:128] = torch.randn(64)  # all-zero blocks stay exactly zero
-    back = quantize_nf4(zero, double_quant=True).dequantize()
+    zero[64:128] = torch.randn(64)  # all-zero blocks stay exactly zero, absmax included
+    q = quantize_nf4(zero, double_quant=True)
+    back = q.dequantize()
     assert torch.equal(back[:64], zero[:64]) and torch.equal(back[128:], zero[128:])
+    assert q.block_absmax().tolist()[0] == 0 and q.block_absmax().tolist()[2:] == [0, 0]
 
 
 # ---------------------------------------------------------------- against bitsandbytes itself
