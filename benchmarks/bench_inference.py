@@ -9,7 +9,8 @@ Each variant generates ``--tokens`` tokens greedily from a 4-token prompt under
 ``torch.no_grad()``, one token per forward call (batch 1): at this width a layer's products take
 microseconds, so what each call does besides them shows. Beside LoRALinear, ``bare`` is LoRA
 reduced to its arithmetic, ``base(x) + s·(x Aᵀ) Bᵀ`` (notebook 07's ``BareLoRA``): the floor
-for unmerged inference. The variants are timed in interleaved rounds and the fastest round of
+for unmerged inference. ``merged`` is ``merge_and_unload``: plain ``nn.Linear`` layers holding
+``W0 + ΔW``, what one deploys. The variants are timed in interleaved rounds and the fastest round of
 each is kept (CPU time); speeds are printed relative to the base model.
 """
 
@@ -49,8 +50,7 @@ def build(d_model: int, r: int) -> dict[str, nn.Module]:
     for name, layer in L.lora_layers(bare):
         parent, _, child = name.rpartition(".")
         setattr(bare.get_submodule(parent), child, BareLoRA(layer))
-    merged = copy.deepcopy(unmerged)
-    L.merge_lora(merged)
+    merged = L.merge_and_unload(copy.deepcopy(unmerged))  # plain nn.Linear layers: deployment
     return {"base": base, "unmerged (LoRALinear)": unmerged, "unmerged (bare arithmetic)": bare,
             "merged": merged}
 
