@@ -2,11 +2,15 @@
 
 One concept per module:
 
-- ``layers``: ``LoRALinear``, the LoRA layer (with rsLoRA, DoRA and PiSSA as options), and
+- ``layers``: ``LoRALinear``, the LoRA layer (rsLoRA as an option); ``lora_function``:
   ``LoRALinearFunction``, its forward and hand-written backward pass.
-- ``dora``: DoRA's row norms without the ``(out, in)`` matrix, and its forward/backward pass.
+- ``dora``: ``DoRALinear`` (``LoRALinear(..., use_dora=True)``), DoRA's row norms without the
+  ``(out, in)`` matrix, and its forward/backward pass. ``pissa``: PiSSA's SVD initialisation.
 - ``optimizers``: ``create_loraplus_optimizer`` (LoRA+: a larger learning rate for B).
-- ``inject``: ``apply_lora`` and friends: put LoRA into a model by name, freeze, merge, unload.
+- ``inject``: ``apply_lora`` and friends: put LoRA into a model by name, freeze, merge, unload;
+  ``LORA_WRAPPERS``, the layer type → wrapper table where new layer types plug in.
+- ``_modules`` (private): PEFT's module-name matching, module replacement with rollback, shared
+  by ``inject`` and ``quantization``. ``_checks`` (private): argument checks.
 - ``state``: adapter-only checkpoints.
 - ``peft_format``: Hugging Face PEFT's adapter files (``adapter_config.json`` +
   ``adapter_model.safetensors``), written and read.
@@ -28,6 +32,7 @@ One concept per module:
 """
 
 from .inject import (
+    LORA_WRAPPERS,
     apply_lora,
     disable_lora,
     lora_layers,
@@ -37,7 +42,7 @@ from .inject import (
     unmerge_lora,
 )
 from .data import TASKS, DigitsSplit, TaskSplit, few_label_split, load_digits_split, make_task
-from .dora import DoRALinearFunction
+from .dora import DoRALinear, DoRALinearFunction
 from .layers import LoRALinear, LoRALinearFunction
 from .models import (MLP, CharGPT, MultiHeadSelfAttention, TinyTransformerClassifier, TransformerBlock,
                      generate, generate_text)

@@ -5,20 +5,30 @@ writes here carries over. A list of targets matches a module whose qualified nam
 them or ends with ``"." + target`` (PEFT's suffix rule): ``["q_proj"]`` matches
 ``"blocks.0.attn.q_proj"`` but not ``"blocks.0.attn.qq_proj"``. A single string is, as in PEFT, a
 regular expression that must match the whole qualified name (``re.fullmatch``):
-``r".*\.q_proj"`` or ``"blocks.0.attn.q_proj"``, but not ``"q_proj"`` alone.
+``r".*\.q_proj"`` or ``"blocks.0.attn.q_proj"``, but not ``"q_proj"`` alone. (The rules live in
+``lora_helpers._modules``, shared with ``quantize_model``.)
+
+**Extension point: which wrapper adapts which layer.** ``LORA_WRAPPERS`` maps a layer type to a
+function ``build(module, **lora_kwargs) -> wrapped module``, like PEFT's dispatchers. Today it
+holds ``nn.Linear → LoRALinear`` (``DoRALinear`` with ``use_dora=True``). To adapt another type
+(``nn.Embedding``, ``nn.Conv2d``), write its wrapper in a new module and add one entry,
+``LORA_WRAPPERS[nn.Embedding] = build_embedding``; ``apply_lora``'s matching, checks and rollback
+then apply to it unchanged. A layer that is not a subclass of a key but behaves like one names
+it in the class attribute ``lora_base_kind`` (QLoRA's ``NF4Linear`` sets
+``lora_base_kind = nn.Linear``), so this module never imports its variants' bases.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from .layers import LoRALinear
-from .quantization import NF4Linear
+from ._modules import attention_out_projs, replace_with_rollback, set_submodule, target_matcher
+from .dora import DoRALinear
+from .layers import LoRALinear, is_mergeable
 
 __all__ = [
     "apply_lora",
@@ -28,9 +38,32 @@ __all__ = [
     "merge_and_unload",
     "disable_lora",
     "lora_layers",
+    "require_lora",
+    "LORA_WRAPPERS",
+    "BIAS_MODES",
 ]
 
-_BIAS_MODES = ("none", "all", "lora_only")
+BIAS_MODES = ("none", "all", "lora_only")
+
+
+def _wrap_linear(module: nn.Module, use_dora: bool = False, **lora_kwargs) -> LoRALinear:
+    """``nn.Linear`` (or a layer with ``lora_base_kind = nn.Linear``) → ``LoRALinear``/``DoRALinear``."""
+    return (DoRALinear if use_dora else LoRALinear)(module, **lora_kwargs)
+
+
+LORA_WRAPPERS: dict[type[nn.Module], Callable[..., nn.Module]] = {nn.Linear: _wrap_linear}
+"""Layer type → the function that wraps it with LoRA (see the module docstring)."""
+
+
+def wrapper_for(module: nn.Module) -> Callable[..., nn.Module] | None:
+    """The ``LORA_WRAPPERS`` entry for ``module``'s type (or its ``lora_base_kind``), or None."""
+    if isinstance(module, LoRALinear):
+        return None
+    kind = getattr(type(module), "lora_base_kind", None)
+    for base_type, build in LORA_WRAPPERS.items():
+        if isinstance(module, base_type) or kind is base_type:
+            return build
+    return None
 
 
 def lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
@@ -38,7 +71,8 @@ def lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
 
 
-def _require_lora(model: nn.Module) -> list[tuple[str, LoRALinear]]:
+def require_lora(model: nn.Module) -> list[tuple[str, LoRALinear]]:
+    """``lora_layers(model)``, or a ``ValueError`` saying to call ``apply_lora`` if there is none."""
     layers = lora_layers(model)
     if not layers:
         raise ValueError("the model has no LoRALinear layers; call apply_lora(model, "
@@ -46,84 +80,33 @@ def _require_lora(model: nn.Module) -> list[tuple[str, LoRALinear]]:
     return layers
 
 
-def _matches(name: str, target: str) -> bool:
-    return name == target or name.endswith("." + target)
-
-
-def _target_matcher(target_modules: str | Iterable[str]) -> tuple[list[str], Callable]:
-    """``(targets, matches)``: PEFT's rule, a string as one regex matched in full, a list by suffix."""
-    if isinstance(target_modules, str):
-        if not target_modules:
-            raise TypeError("target_modules must be a non-empty list of module names (or one "
-                            "regex string), got ''; e.g. target_modules=['q_proj']")
-        try:
-            pattern = re.compile(target_modules)
-        except re.error as error:
-            raise ValueError(f"target_modules={target_modules!r} is a string, which PEFT reads as a "
-                             f"regular expression, and it is not a valid one ({error}); for module "
-                             "names pass a list, e.g. ['q_proj']") from None
-        return [target_modules], lambda name, target: pattern.fullmatch(name) is not None
-    targets = list(target_modules) if isinstance(target_modules, Iterable) else []
-    if not targets or not all(isinstance(t, str) and t for t in targets):
-        raise TypeError(f"target_modules must be a non-empty list of module names (or one regex "
-                        f"string), got {target_modules!r}; e.g. target_modules=['q_proj', 'v_proj']")
-    return targets, _matches
-
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name), child, new)
-
-
-def apply_lora(
-    model: nn.Module,
-    target_modules: str | Iterable[str],
-    r: int = 8,
-    lora_alpha: float = 8,
-    lora_dropout: float = 0.0,
-    use_rslora: bool = False,
-    init_lora_weights: bool | str = True,
-    use_dora: bool = False,
-) -> nn.Module:
-    """Replace the targeted ``nn.Linear`` layers by ``LoRALinear`` and freeze everything else.
-
-    Works in place and returns ``model``. Every target must match at least one ``nn.Linear``;
-    otherwise a ``ValueError`` lists the model's linear layers. All checks run before anything
-    changes, so after an error the model is exactly as it was.
-
-    Args:
-        model: any ``nn.Module``.
-        target_modules: a list of module names, matched by PEFT's suffix rule, or one string,
-            a regex matched against the whole qualified name (PEFT's rule for a string).
-        r, lora_alpha, lora_dropout, use_rslora, init_lora_weights, use_dora: as in
-            ``LoRALinear``.
-    """
-    targets, _matches = _target_matcher(target_modules)
-    linear_names, chosen = [], []
-    attention_out_projs = {f"{n}.out_proj" if n else "out_proj"
-                           for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
-    inside_lora = {f"{n}.base" for n, _ in lora_layers(model)}
+def _choose_targets(model: nn.Module, target_modules: str | Iterable[str]) -> list[str]:
+    """The qualified names ``apply_lora`` wraps, or a ``ValueError`` naming what is wrong."""
+    targets, match = target_matcher(target_modules)
+    out_projs = attention_out_projs(model)
+    inside_lora = {f"{n}.base" if n else "base" for n, _ in lora_layers(model)}
+    adaptable, chosen = [], []
     for name, module in model.named_modules():
         if name in inside_lora:
             continue
-        if isinstance(module, (nn.Linear, NF4Linear)):  # NF4Linear: QLoRA's quantized base
-            linear_names.append(name)
-        if not any(_matches(name, t) for t in targets):
+        if wrapper_for(module) is not None:
+            adaptable.append(name)
+        if not any(match(name, t) for t in targets):
             continue
         if isinstance(module, LoRALinear):
             raise ValueError(f"module '{name}' already has LoRA; apply_lora once per layer "
                              "(or merge_and_unload(model) first)")
-        if name in attention_out_projs:
+        if name in out_projs:
             raise ValueError(
                 f"module '{name}' is the out_proj of an nn.MultiheadAttention, whose forward "
                 "uses out_proj.weight directly and never calls out_proj(x): LoRA there would "
                 "silently do nothing. Use attention with separate q_proj/k_proj/v_proj/out_proj "
                 "nn.Linear layers (lora_helpers.MultiHeadSelfAttention)")
-        if isinstance(module, (nn.Linear, NF4Linear)):
+        if wrapper_for(module) is not None:
             chosen.append(name)
-    unmatched = [t for t in targets if not any(_matches(n, t) for n in chosen)]
+    unmatched = [t for t in targets if not any(match(n, t) for n in chosen)]
     conv1d = [n for n, m in model.named_modules() if type(m).__name__ == "Conv1D"
-              and any(_matches(n, t) for t in unmatched)]
+              and any(match(n, t) for t in unmatched)]
     if conv1d:  # transformers' Conv1D (GPT-2): a linear layer with its weight stored transposed
         raise ValueError(
             f"target_modules {unmatched} match {conv1d[:3]}{' ...' if len(conv1d) > 3 else ''}, "
@@ -137,33 +120,51 @@ def apply_lora(
                  "for a module name pass a list, e.g. [" + repr(target_modules) + "])"
                  if isinstance(target_modules, str) else "")
         raise ValueError(f"target_modules {unmatched} match no nn.Linear in the model{regex}; "
-                         f"its linear layers are: {linear_names}")
-    too_small = {name: (m.in_features, m.out_features) for name in chosen
-                 if r > min((m := model.get_submodule(name)).in_features, m.out_features)
+                         f"its linear layers are: {adaptable}")
+    return chosen
+
+
+def apply_lora(
+    model: nn.Module,
+    target_modules: str | Iterable[str],
+    r: int = 8,
+    lora_alpha: float = 8,
+    lora_dropout: float = 0.0,
+    use_rslora: bool = False,
+    init_lora_weights: bool | str = True,
+    use_dora: bool = False,
+) -> nn.Module:
+    """Replace the targeted layers by their LoRA wrappers and freeze everything else.
+
+    Works in place and returns ``model``. Every target must match at least one adaptable layer
+    (a type in ``LORA_WRAPPERS``: ``nn.Linear`` today); otherwise a ``ValueError`` lists them.
+    All or nothing: if building any wrapper raises (a refused argument, PiSSA's SVD failing on
+    the second layer, ...), every weight and ``requires_grad`` flag is restored and the error
+    propagates.
+
+    Args:
+        model: any ``nn.Module`` that contains the targets (not the target itself: wrap a
+            single layer with ``LoRALinear(layer)``).
+        target_modules: a list of module names, matched by PEFT's suffix rule, or one string,
+            a regex matched against the whole qualified name (PEFT's rule for a string).
+        r, lora_alpha, lora_dropout, use_rslora, init_lora_weights, use_dora: as in
+            ``LoRALinear`` (``use_dora=True`` builds ``DoRALinear`` layers).
+    """
+    chosen = _choose_targets(model, target_modules)
+    if "" in chosen:
+        raise ValueError("target_modules matched the model itself; apply_lora adapts layers "
+                         "inside a model. For a single layer use LoRALinear(layer, r=...)")
+    sizes = {name: (getattr(m, "in_features", None), getattr(m, "out_features", None))
+             for name in chosen for m in [model.get_submodule(name)]}
+    too_small = {name: size for name, size in sizes.items() if None not in size and r > min(size)
                  } if isinstance(r, int) and not isinstance(r, bool) else {}
     if too_small:
         raise ValueError(f"r={r} exceeds min(in_features, out_features) of {too_small} (name: "
                          "(in, out)); a rank-r update there has rank at most the smaller size. "
                          "Leave these modules out of target_modules or use a smaller r")
-
-    flags = {p: p.requires_grad for p in model.parameters()}
-    # PiSSA writes its residual into each base weight: keep the originals until all layers are built
-    originals = ({name: model.get_submodule(name).weight.detach().clone() for name in chosen}
-                 if init_lora_weights == "pissa" else {})
-    try:  # LoRALinear may refuse an argument (e.g. r too large) after freezing earlier bases
-        wrapped = {name: LoRALinear(model.get_submodule(name), r=r, lora_alpha=lora_alpha,
-                                    lora_dropout=lora_dropout, use_rslora=use_rslora,
-                                    init_lora_weights=init_lora_weights, use_dora=use_dora)
-                   for name in chosen}
-    except (TypeError, ValueError):
-        for p, flag in flags.items():
-            p.requires_grad_(flag)
-        with torch.no_grad():
-            for name, weight in originals.items():
-                model.get_submodule(name).weight.copy_(weight)
-        raise
-    for name, layer in wrapped.items():
-        _set_submodule(model, name, layer)
+    kwargs = dict(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, use_rslora=use_rslora,
+                  init_lora_weights=init_lora_weights, use_dora=use_dora)
+    replace_with_rollback(model, chosen, lambda module: wrapper_for(module)(module, **kwargs))
     mark_only_lora_as_trainable(model)
     return model
 
@@ -175,15 +176,13 @@ def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> None:
         bias: ``"none"`` keeps every bias frozen; ``"all"`` trains every bias in the model;
             ``"lora_only"`` trains the biases of the adapted layers only (loralib's modes).
     """
-    if bias not in _BIAS_MODES:
-        raise ValueError(f"bias must be one of {_BIAS_MODES}, got {bias!r}")
-    layers = _require_lora(model)
+    if bias not in BIAS_MODES:
+        raise ValueError(f"bias must be one of {BIAS_MODES}, got {bias!r}")
+    layers = require_lora(model)
     model.requires_grad_(False)
     for _, layer in layers:
-        layer.lora_A.requires_grad_(True)
-        layer.lora_B.requires_grad_(True)
-        if layer.use_dora:
-            layer.lora_magnitude_vector.requires_grad_(True)
+        for param in layer.parameters(recurse=False):  # lora_A, lora_B (and DoRA's magnitude)
+            param.requires_grad_(True)
         if bias == "lora_only" and layer.base.bias is not None:
             layer.base.bias.requires_grad_(True)
     if bias == "all":
@@ -194,10 +193,10 @@ def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> None:
 
 def merge_lora(model: nn.Module) -> None:
     """Merge every LoRA layer (``W ← W0 + ΔW``). Refuses NaN/inf before changing anything."""
-    unmerged = [(name, layer) for name, layer in _require_lora(model) if not layer.merged]
-    quantized = [name for name, layer in unmerged if isinstance(layer.base, NF4Linear)]
+    unmerged = [(name, layer) for name, layer in require_lora(model) if not layer.merged]
+    quantized = [name for name, layer in unmerged if not is_mergeable(layer.base)]
     if quantized:  # refused before any layer changes; LoRALinear.merge says why
-        raise ValueError(f"refusing to merge: {quantized} have NF4Linear bases (4-bit); keep "
+        raise ValueError(f"refusing to merge: {quantized} have read-only (NF4, 4-bit) bases; keep "
                          "the adapters unmerged, or call lora_helpers.dequantize_model(model) "
                          "first and merge exactly. No weight was changed")
     with torch.no_grad():
@@ -211,7 +210,7 @@ def merge_lora(model: nn.Module) -> None:
 
 def unmerge_lora(model: nn.Module) -> None:
     """Undo ``merge_lora`` on every merged LoRA layer (``W ← W - ΔW``)."""
-    for _, layer in _require_lora(model):
+    for _, layer in require_lora(model):
         if layer.merged:
             layer.unmerge()
 
@@ -226,7 +225,7 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     if isinstance(model, LoRALinear):
         return model.base
     for name, layer in lora_layers(model):
-        _set_submodule(model, name, layer.base)
+        set_submodule(model, name, layer.base)
     return model
 
 
@@ -238,7 +237,7 @@ def disable_lora(model: nn.Module) -> Iterator[nn.Module]:
     A merged model cannot be disabled this way (its ΔW lives inside the weights): call
     ``unmerge_lora(model)`` first.
     """
-    layers = _require_lora(model)
+    layers = require_lora(model)
     merged = [name for name, layer in layers if layer.merged]
     if merged:
         raise ValueError(f"cannot disable LoRA on merged layers {merged}: their update is inside "

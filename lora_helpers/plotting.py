@@ -24,7 +24,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from ._checks import as_matrix, check_int
-from .rank import Matrix, _check_threshold, _energy_rank
+from .rank import Matrix, check_threshold, energy_rank_of_spectrum
 
 __all__ = ["plot_heatmap", "plot_lora_decomposition", "plot_singular_values",
            "plot_subspace_similarity", "plot_accuracy_vs_parameters"]
@@ -115,8 +115,9 @@ def plot_heatmap(w: Matrix, ax: Axes | None = None, title: str | None = None, *,
 def plot_lora_decomposition(layer: object, *, max_size: int = 128) -> Figure:
     """One row of heatmaps reading as the equation ``W0 + s·B·A = W0 + ΔW = W``.
 
-    ``layer`` is a ``LoRALinear`` (anything with ``.base.weight``, ``.lora_A``, ``.lora_B``,
-    ``.scaling``, ``.r`` and ``.delta_weight()``). Panels: ``W0`` (out×in), ``B`` (out×r),
+    ``layer`` is a plain-LoRA ``LoRALinear`` (anything with ``.base.weight``, ``.lora_A``,
+    ``.lora_B``, ``.scaling``, ``.r`` and ``.delta_weight()``), also on an NF4 base (its
+    dequantized weight is drawn as W0); a DoRA layer is refused (its ΔW is not s·B·A). Panels: ``W0`` (out×in), ``B`` (out×r),
     ``A`` (r×in), ``ΔW = s·B·A`` (out×in) and ``W = W0 + ΔW``, sized like the matrices (B is
     narrow, A is short). Colour scales: ``W0`` and ``W`` share one, so the visible difference is
     the real change; ``ΔW``, ``B`` and ``A`` each get their own, since ΔW is usually far smaller
@@ -128,6 +129,10 @@ def plot_lora_decomposition(layer: object, *, max_size: int = 128) -> Figure:
         raise TypeError(f"plot_lora_decomposition needs a LoRALinear, got {type(layer).__name__} "
                         f"(missing {missing or ['base.weight']}); wrap the layer with "
                         "LoRALinear(nn.Linear(...)) or apply_lora first")
+    if getattr(layer, "use_dora", False):
+        raise ValueError("plot_lora_decomposition draws W0 + s·B·A = W0 + ΔW, but this is a DoRA "
+                         "layer, whose ΔW = m / ‖W0 + s·BA‖_row ⊙ (W0 + s·BA) - W0 is not s·B·A; "
+                         "draw its layer.delta_weight() with plot_heatmap instead")
     max_size = check_int(max_size, "max_size", 1, 10**6, "cells per side to draw")
     with torch.no_grad():
         delta = _as_matrix(layer.delta_weight(), "delta_weight()")  # (out, in)
@@ -196,7 +201,7 @@ def plot_singular_values(matrices: Mapping[str, Matrix], ax: Axes | None = None,
                         " e.g. {'W0': layer.base.weight, 'ΔW': layer.delta_weight()}")
     if not matrices:
         raise ValueError("matrices is empty; pass at least one {name: matrix}")
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
     checked = {name: _as_matrix(w, f"matrices[{name!r}]") for name, w in matrices.items()}
     eps = {name: _machine_epsilon(w) for name, w in matrices.items()}
     spectra = {name: torch.linalg.svdvals(t) for name, t in checked.items()}  # each (k,)
@@ -211,7 +216,7 @@ def plot_singular_values(matrices: Mapping[str, Matrix], ax: Axes | None = None,
         label = f"{name} ({checked[name].shape[0]}×{checked[name].shape[1]})"
         if twin is not None and s.sum() > 0:
             cumulative = (s ** 2).cumsum(0).numpy() / float((s ** 2).sum())  # (k,)
-            k = _energy_rank(s, threshold)
+            k = energy_rank_of_spectrum(s, threshold)
             twin.plot(i, cumulative, ls="--", color=color)
             twin.plot([k], [cumulative[k - 1]], "o", color=color)
             label += f": {threshold:.0%} energy at k = {k}"

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .inject import _BIAS_MODES, _require_lora
+from .inject import BIAS_MODES, require_lora
 
 __all__ = ["lora_state_dict", "load_lora_state_dict", "checkpoint_bytes"]
 
@@ -21,10 +21,10 @@ def _adapter_parameters(model: nn.Module, bias: str) -> dict[str, nn.Parameter]:
     of the adapted layers (``"<path>.base.bias"``); with ``bias="all"`` every bias in the model
     (loralib's modes, matching ``mark_only_lora_as_trainable``).
     """
-    if bias not in _BIAS_MODES:
-        raise ValueError(f"bias must be one of {_BIAS_MODES}, got {bias!r}")
+    if bias not in BIAS_MODES:
+        raise ValueError(f"bias must be one of {BIAS_MODES}, got {bias!r}")
     params = {}
-    for name, layer in _require_lora(model):
+    for name, layer in require_lora(model):
         prefix = f"{name}." if name else ""
         params[prefix + "lora_A"] = layer.lora_A  # (r, in)
         params[prefix + "lora_B"] = layer.lora_B  # (out, r)
@@ -80,7 +80,7 @@ def load_lora_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor
             raise ValueError(f"shape mismatch for {key!r}: the adapter has "
                              f"{tuple(value.shape)}, the model expects "
                              f"{tuple(params[key].shape)} (a different r?)")
-    merged = [name for name, layer in _require_lora(model) if layer.merged]
+    merged = [name for name, layer in require_lora(model) if layer.merged]
     if merged:
         raise ValueError(f"cannot load an adapter into merged layers {merged}; "
                          "call unmerge_lora(model) first")

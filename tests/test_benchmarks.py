@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -61,3 +63,21 @@ def test_bench_nf4_runs_and_prints_every_ratio():
               if line.startswith(("(a)", "(b)", "(c)", "    forward"))]
     assert len(ratios) == 4 and all(float(r) > 0 for r in ratios), result.stdout
     assert "NF4 2,304 B (4.5000 bits/param)" in result.stdout   # 64·64/2 + 4·64 bytes
+
+
+def test_bench_inference_runs_and_prints_every_variant(capsys, monkeypatch):
+    """Run in this process (a new interpreter would cost more than the benchmark at this size)."""
+    spec = importlib.util.spec_from_file_location("bench_inference", ROOT / "benchmarks" / "bench_inference.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(sys, "argv", ["bench_inference.py", "--d", "16", "--tokens", "2", "--rounds", "1"])
+    try:
+        bench.main()
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "logits agree: True" in out
+    speeds = [line for line in out.splitlines() if line.endswith("the base")]
+    assert [line.split("  ")[1].strip() for line in speeds] == [
+        "base", "unmerged (LoRALinear)", "unmerged (bare arithmetic)", "merged"]

@@ -431,3 +431,16 @@ def test_accuracy_plot_bad_std(std, error, match):
 def test_heatmap_of_a_nan_matrix_says_why_it_cannot_be_drawn():
     with pytest.raises(ValueError, match="w contains NaN or inf; a heatmap cannot show it"):
         plot_heatmap(torch.tensor([[1.0, float("nan")]]))
+
+
+def test_lora_decomposition_on_nf4_draws_and_refuses_dora():
+    import torch.nn as tnn
+    from lora_helpers import LoRALinear, NF4Linear, plot_lora_decomposition
+    torch.manual_seed(0)
+    nf4 = LoRALinear(NF4Linear.from_linear(tnn.Linear(64, 32)), r=2, init_lora_weights=False)
+    fig = plot_lora_decomposition(nf4)  # used to say "needs a LoRALinear, got LoRALinear"
+    assert len(fig.axes) >= 5
+    plt.close(fig)
+    dora = LoRALinear(tnn.Linear(16, 8), r=2, use_dora=True)
+    with pytest.raises(ValueError, match="DoRA layer.*plot_heatmap"):
+        plot_lora_decomposition(dora)
