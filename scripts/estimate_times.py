@@ -5,6 +5,7 @@ Usage (from the repository root):
     python scripts/estimate_times.py                 # the table, from the stored notebooks
     python scripts/estimate_times.py --markdown      # the same as a Markdown table
     python scripts/estimate_times.py --measure       # also execute each notebook to time it (slow)
+    python scripts/estimate_times.py --write-readme  # put the estimates into README's time column
 
 The rule (issue 23 §4), counted on the **student's** view of each notebook (cells tagged
 `solution` left out):
@@ -20,8 +21,8 @@ The rule (issue 23 §4), counted on the **student's** view of each notebook (cel
   minute: on a laptop the student mostly waits for the cells that train.
 
 "read + run" is prose + code + run; "with all exercises" adds every exercise. Both are rounded to
-5 minutes. The README's time column and TEACHING.md's course plans use these numbers
-(`tests/test_student_distribution.py` keeps the README within 20% of them).
+5 minutes. The README's time column (`--write-readme`) and TEACHING.md's course plans use these
+numbers; `tests/test_student_distribution.py` keeps the README within 20% of them.
 """
 
 from __future__ import annotations
@@ -117,6 +118,29 @@ def count(path: Path, run_seconds: float | None = None) -> Estimate:
     return Estimate(number, words, code, exercise_minutes(nb), seconds)
 
 
+def readme_time(e: Estimate) -> str:
+    """The README's time column: with all exercises, then reading and running alone."""
+    return f"{round5(e.total)} min ({round5(e.read_run)} without the exercises)"
+
+
+README_ROW = re.compile(r"^(\| (\d\d) \|.*\| )([^|]*?)( \|)$", flags=re.M)
+
+
+def readme_times(text: str) -> dict[str, str]:
+    """{notebook number: time cell} of README's notebook table."""
+    table = text[text.index("<!-- notebook-table -->"):text.index("<!-- /notebook-table -->")]
+    return {m.group(2): m.group(3) for m in README_ROW.finditer(table)}
+
+
+def write_readme(estimates: list[Estimate], path: Path = ROOT / "README.md") -> None:
+    text = path.read_text(encoding="utf-8")
+    start, end = text.index("<!-- notebook-table -->"), text.index("<!-- /notebook-table -->")
+    by_number = {e.number: readme_time(e) for e in estimates}
+    table = README_ROW.sub(lambda m: m.group(1) + by_number.get(m.group(2), m.group(3)) + m.group(4),
+                           text[start:end])
+    path.write_text(text[:start] + table + text[end:], encoding="utf-8")
+
+
 def measure(path: Path) -> float:
     """Wall seconds to execute the notebook top to bottom in a fresh kernel (nbclient)."""
     from nbclient import NotebookClient
@@ -152,10 +176,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("notebooks", nargs="*", type=Path)
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--measure", action="store_true", help="execute each notebook to time it")
+    parser.add_argument("--write-readme", action="store_true", help="update README's time column")
     args = parser.parse_args(argv)
     paths = args.notebooks or sorted((ROOT / "notebooks").glob("*.ipynb"))
     estimates = [count(p, measure(p) if args.measure else None) for p in paths]
     print(table(estimates, markdown=args.markdown))
+    if args.write_readme:
+        write_readme(estimates)
     return 0
 
 

@@ -222,3 +222,44 @@ def test_the_student_edition_promises_no_hidden_solution(path):
         if cell.cell_type == "markdown":
             match = HIDDEN_SOLUTION.search(cell.source)
             assert not match, f"cell {i} promises a solution the student edition lacks: {match.group(0)!r}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The README's times come from scripts/estimate_times.py
+# ---------------------------------------------------------------------------------------------
+
+def test_readme_times_are_within_20_percent_of_the_estimate():
+    import estimate_times as E
+    listed = E.readme_times((ROOT / "README.md").read_text(encoding="utf-8"))
+    assert sorted(listed) == [p.name[:2] for p in NOTEBOOKS]
+    for path in NOTEBOOKS:
+        e = E.count(path)
+        match = re.fullmatch(r"(\d+) min \((\d+) without the exercises\)", listed[path.name[:2]])
+        assert match, f"{path.name}: README time {listed[path.name[:2]]!r}"
+        for shown, estimate in zip(map(int, match.groups()), (e.total, e.read_run)):
+            assert abs(shown - estimate) <= 0.2 * estimate, (
+                f"{path.name}: README says {shown} min, the estimate is {estimate:.0f}: "
+                "run scripts/estimate_times.py --write-readme")
+
+
+def test_estimate_counts_what_a_student_reads(tmp_path):
+    import estimate_times as E
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# Title\n\nTwo words " + "word " * 148),   # 151 words
+        nbformat.v4.new_code_cell("# NBVAL_IGNORE_OUTPUT\nx = 1\n\ny = 2"),           # 2 lines
+        nbformat.v4.new_markdown_cell("### Exercise 1 · Count"),
+        nbformat.v4.new_code_cell("def check_exercise_1(answer):\n    pass"),          # not read
+        nbformat.v4.new_code_cell("answer = None\ncheck_exercise_1(answer)"),
+        nbformat.v4.new_markdown_cell("<details><summary>Solution</summary>secret words</details>"),
+        nbformat.v4.new_code_cell("# Solution (hidden: click to expand)\na = 1\nb = 2\ncheck_exercise_1(a)"),
+        nbformat.v4.new_markdown_cell("## Summary"),
+    ]
+    nb.cells[4].metadata["tags"] = ["answer"]
+    nb.cells[5].metadata["tags"] = nb.cells[6].metadata["tags"] = ["solution"]
+    path = tmp_path / "10_test.ipynb"
+    nbformat.write(nb, path)
+    e = E.count(path, run_seconds=30)
+    assert (e.words, e.code_lines) == (151 + 3 + 1, 2)     # + "Exercise 1 Count", + "Summary"
+    assert e.exercise_minutes == [5 + 2 * 2]                # two solution lines
+    assert e.read_run == pytest.approx(155 / 150 + 2 / 20 + 1)
