@@ -17,6 +17,8 @@ The rule (issue 23 §4), counted on the **student's** view of each notebook (cel
   nbval's marker comments are not lines a student reads);
 - **exercises**: per exercise, 5 minutes to read the prompt and plan, plus 2 minutes per line of
   the stored solution's code (non-blank, not a comment), at least 5 and at most 20 minutes;
+- open assignments and projects (`## Open assignment ...`, `## Project ...` sections) are not
+  counted: TEACHING.md's rubrics give their hours;
 - **run**: the notebook's run time, measured (`RUN_SECONDS`, or `--measure`), rounded up to a
   minute: on a laptop the student mostly waits for the cells that train.
 
@@ -49,6 +51,9 @@ RUN_SECONDS = {"01": 12, "02": 20, "03": 41, "04": 61, "05": 66, "06": 76, "07":
 
 WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")
 MARKER = re.compile(r"^\s*#\s*NBVAL_\w+\s*$")
+# Open assignments and projects (after the exercises) are work of hours, timed in TEACHING.md's
+# rubrics, not part of a notebook's reading time.
+OPEN_TASK = re.compile(r"## (Open assignment|Project)\b")
 
 
 @dataclass
@@ -103,8 +108,11 @@ def exercise_minutes(nb) -> list[int]:
 def count(path: Path, run_seconds: float | None = None) -> Estimate:
     nb = nbformat.read(path, as_version=4)
     words = code = 0
+    open_task = False
     for cell in nb.cells:
-        if "solution" in tags(cell):
+        if cell.cell_type == "markdown" and re.match(r"## ", cell.source):
+            open_task = bool(OPEN_TASK.match(cell.source))
+        if "solution" in tags(cell) or open_task:
             continue
         if cell.cell_type == "markdown":
             text = re.sub(r"<[^>]+>", " ", cell.source)           # HTML tags are not read

@@ -253,6 +253,7 @@ def test_estimate_counts_what_a_student_reads(tmp_path):
         nbformat.v4.new_code_cell("answer = None\ncheck_exercise_1(answer)"),
         nbformat.v4.new_markdown_cell("<details><summary>Solution</summary>secret words</details>"),
         nbformat.v4.new_code_cell("# Solution (hidden: click to expand)\na = 1\nb = 2\ncheck_exercise_1(a)"),
+        nbformat.v4.new_markdown_cell("## Open assignment · Hours of work\n\n" + "word " * 500),  # not counted
         nbformat.v4.new_markdown_cell("## Summary"),
     ]
     nb.cells[4].metadata["tags"] = ["answer"]
