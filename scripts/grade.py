@@ -22,9 +22,11 @@ How it grades (see TEACHING.md, "Grading"):
    tagged `answer` that calls the check) with the check replaced by a silent stand-in, and then
    calls the TEACHER's `check_exercise_N`, taken before the student's code ran and bound to
    the namespace as it was then, on the student's answer: the name the answer cell passes to
-   the check (`answer`, `max_rank`, ...). A value answer is copied as a plain Python literal
-   (`repr` -> `ast.literal_eval`), so objects that claim to equal anything arrive as what they
-   print as; a function answer is called by the check, and every value it returns is seen.
+   the check (`answer`, `max_rank`, ...). A value answer is rebuilt from plain Python values
+   (a one-number tensor or numpy scalar becomes its number; an object made to equal anything is
+   refused) and checked in a second fork that no student code ran in, so nothing the answer
+   cell rebinds, patches or mutates can reach the check; a function answer is called by the
+   check, in the process that defined it, and every value it returns is inspected.
 3. correct = the teacher's check returned without an exception, the answer was not the unanswered
    stub (None, or NotImplemented where the answer cell says so) and no call of the student's
    function returned it, and no attribute of builtins, math, copy, numpy, torch or lora_helpers
@@ -205,14 +207,10 @@ def _run_answer(namespace: dict, source: str, n: int, name: str, sentinel, funct
             return {"status": "not attempted", "message": ""}
         if not function:
             try:
-                literal = ast.literal_eval(repr(answer))
-            except Exception:                        # noqa: BLE001 - not a plain value
-                literal = _Unreadable
-            if literal is _Unreadable or type(literal) is not type(answer):
+                return {"literal": repr(_plain_copy(answer))}
+            except TypeError as exc:
                 return {"status": "wrong", "message": (
-                    "the answer must be a plain Python value (int, float, str, tuple, set, dict), "
-                    f"got a {type(answer).__name__}")}
-            return {"literal": repr(literal)}
+                    f"the answer must be a plain Python value (int, float, str, tuple, set, dict): {exc}")}
         if not callable(answer):
             return {"status": "wrong", "message": f"{name} must be a function, got a {type(answer).__name__}"}
         return _check_function(check, pristine, answer, sentinel, before, timeout)
@@ -272,8 +270,26 @@ def _check_value(namespace: dict, n: int, value, sentinel, timeout: float) -> di
     return _call_check(namespace[f"check_exercise_{n}"], value, timeout)
 
 
-class _Unreadable:
-    pass
+def _plain_copy(value, depth: int = 0):
+    """`value` rebuilt from plain Python values (what `ast.literal_eval` can read back): a
+    one-number torch tensor or numpy scalar becomes its Python number; anything else that is not
+    exactly a built-in type (an int subclass that equals everything, say) raises TypeError."""
+    kind = type(value)
+    if kind in (int, float, str, bool, type(None)):
+        if kind is float and value != value or value in (float("inf"), float("-inf")):
+            raise TypeError("nan and inf cannot be graded")
+        return value
+    if depth < 3 and kind in (tuple, list, set, frozenset):
+        return kind(_plain_copy(v, depth + 1) for v in value)
+    if depth < 3 and kind is dict:
+        return {_plain_copy(k, depth + 1): _plain_copy(v, depth + 1) for k, v in value.items()}
+    torch = sys.modules.get("torch")
+    if torch is not None and kind is torch.Tensor and value.dim() == 0:
+        return _plain_copy(value.item(), depth + 1)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.generic) and kind.__module__ == "numpy":
+        return _plain_copy(value.item(), depth + 1)
+    raise TypeError(f"got a {kind.__name__}")
 
 
 class _Gamed(BaseException):
