@@ -5,19 +5,20 @@ The convention (TEACHING.md, "Exercises"): each `### Exercise N` prompt is follo
 `<details>` markdown cell and a `solution`-tagged, collapsed code cell whose first line reveals
 nothing. `scripts/make_student_notebooks.py` deletes the `solution` cells and clears the outputs.
 
-Static checks read the stored files. One execution per notebook (nbclient) then proves two things
-at once about the student edition:
+Static checks read the stored files. One execution per notebook then proves, through
+scripts/grade.py (the grader teachers use), three things at once about the student edition:
 
 - **Run All with nothing answered works**: every cell of the student notebook runs in order, the
   `answer` cells unanswered, and nothing raises except the `raises-exception` cells. (Strict nbval
   runs the teacher's notebook, where the solution cells run too, so it cannot show that no later
   cell needs a name that only a solution defines.)
-- **Each stored solution, pasted over its answer cell, passes its check**: right before each
-  answer cell the run inserts the exercise's solution code as a cell of its own, with the namespace
-  saved before it and restored after it, so the pasted solution sees exactly what the answer cell
-  would see, prints "Exercise N: correct", and leaves the unanswered run unchanged for the cells
-  that follow. (A solution that mutates an object in place, e.g. trains a model defined earlier,
-  would leak into later cells; the convention asks solutions to build what they change.)
+- **The grader scores synthetic submissions right**: right before each answer cell it grades,
+  each in a fork of the kernel, the stored solution (and the other right answers of
+  tests/classroom_cases.py), the unanswered stub, plausible wrong answers (each must be rejected
+  with a hint) and gaming answers (print the verdict, redefine the check, objects that equal
+  everything, asking the check in a loop, patching torch or builtins, ending the process,
+  rebinding or mutating what the check reads: none may score).
+- **Every exercise has a wrong-answer case** (a static test over classroom_cases.WRONG).
 """
 
 import copy
