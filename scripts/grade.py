@@ -597,6 +597,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not hasattr(os, "fork"):
         raise SystemExit("grade.py needs os.fork (Linux or macOS; on Windows use WSL)")
+    # The kernel inherits these: one BLAS/OpenMP thread (as the tests run the notebooks; a forked
+    # child must not inherit a thread pool), no progress bars, no downloads.
+    os.environ.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                       "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     import nbformat
     teachers = [p.resolve() for p in args.notebooks]
     collected = collect(args.submissions, teachers)
