@@ -68,10 +68,32 @@ KERNEL_TIMEOUT = 600   # seconds per cell of the teacher's notebook (a grading c
 STATUSES = ("correct", "wrong", "error", "not attempted", "missing")
 
 # What an honest answer cell rarely needs; a hit puts the exercise in the `review` column.
-SUSPICIOUS = re.compile(
-    r"\b(builtins|globals|locals|sys\.modules|setattr|delattr|__eq__|__ne__|__hash__|__class__|"
-    r"__code__|__globals__|__dict__|__subclasses__|inspect|gc|ctypes|_exit|fork|signal|"
-    r"settrace|setprofile|sys\.stdout|exec|eval|compile|importlib)\b")
+SUSPICIOUS_NAMES = {"builtins", "globals", "locals", "vars", "setattr", "delattr", "__eq__", "__ne__",
+                    "__hash__", "__class__", "__code__", "__globals__", "__dict__", "__subclasses__",
+                    "__builtins__", "__import__", "inspect", "gc", "ctypes", "_exit", "fork", "kill",
+                    "signal", "settrace", "setprofile", "importlib", "modules", "stdout", "stderr"}
+SUSPICIOUS_CALLS = {"eval", "exec", "compile"}  # as functions, not methods (model.eval() is fine)
+
+
+def suspicious(source: str) -> list[str]:
+    """The names in an answer cell's code (not its comments or strings) that the `review`
+    column reports."""
+    import tokenize
+    hits, previous = set(), None
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (tokenize.TokenError, SyntaxError, IndentationError):
+        return ["does not tokenize"]
+    for i, token in enumerate(tokens):
+        if token.type == tokenize.NAME:
+            following = tokens[i + 1].string if i + 1 < len(tokens) else ""
+            if token.string in SUSPICIOUS_NAMES:
+                hits.add(token.string)
+            elif token.string in SUSPICIOUS_CALLS and previous != "." and following == "(":
+                hits.add(token.string)
+        if token.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT):
+            previous = token.string
+    return sorted(hits)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -453,7 +475,7 @@ def grading_notebook(teacher_path: Path, submissions: dict, workdir: Path,
                 source = ""  # the unanswered stub, unchanged: "not attempted", nothing to run
             sources[who] = source
             if source is not None:
-                hits = sorted(set(SUSPICIOUS.findall(source)))
+                hits = suspicious(_python_source(source))
                 redefined = re.search(rf"^\s*(def\s+check_exercise_{n}\b|check_exercise_{n}\s*=)",
                                       source, flags=re.M)
                 if redefined:

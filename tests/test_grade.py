@@ -140,3 +140,9 @@ def test_csv_and_feedback(tmp_path):
                     ["bob", "1", "0", "1", "", "", "01.1"]]
     text = grade.feedback_text("alice", grades, numbers)
     assert "01_introduction.ipynb: 1 of 2 correct" in text and "Exercise 2: wrong - HINT: x" in text
+
+
+def test_review_flags_code_not_comments():
+    assert grade.suspicious("model.eval()  # inspect the globals\nx = 'builtins'") == []
+    assert grade.suspicious("import builtins\nbuiltins.print = None") == ["builtins"]
+    assert grade.suspicious("y = eval('1')\nclass A:\n    def __eq__(s, o): return True") == ["__eq__", "eval"]
