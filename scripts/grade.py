@@ -71,7 +71,8 @@ STATUSES = ("correct", "wrong", "error", "not attempted", "missing")
 SUSPICIOUS_NAMES = {"builtins", "globals", "locals", "vars", "setattr", "delattr", "__eq__", "__ne__",
                     "__hash__", "__class__", "__code__", "__globals__", "__dict__", "__subclasses__",
                     "__builtins__", "__import__", "inspect", "gc", "ctypes", "_exit", "fork", "kill",
-                    "signal", "settrace", "setprofile", "importlib", "modules", "stdout", "stderr"}
+                    "signal", "settrace", "setprofile", "importlib", "modules", "stdout", "stderr",
+                    "write", "dup2", "fdopen", "pipe", "_getframe", "f_back", "f_globals"}
 SUSPICIOUS_CALLS = {"eval", "exec", "compile"}  # as functions, not methods (model.eval() is fine)
 
 
@@ -363,7 +364,7 @@ def grade_exercise(namespace: dict, n: int, name: str, sentinel: str, function: 
     """Called by the cell that grade.py inserts before Exercise N's answer cell.
 
     For each submission in `sources_file` (JSON {student: answer-cell source or null}), forks,
-    runs `_run_one` in the child and appends {student, exercise, status, message} to
+    runs `_run_answer` in the child (and `_check_value` in a second one) and appends {student, exercise, status, message} to
     `results_file` (JSON lines). The kernel's own state is never touched by a student's code.
     `function`: the exercise asks for a function (its stub is a `def`), else for a value."""
     stub = {"None": None, "NotImplemented": NotImplemented}[sentinel]
