@@ -106,8 +106,8 @@ def check_lora_arguments(base: nn.Module, r: object, lora_alpha: object, lora_dr
     """Refuse bad ``LoRALinear`` arguments with a clear error; return ``r`` as an int.
 
     ``base`` must be an ``nn.Linear`` or declare ``lora_base_kind = nn.Linear`` (QLoRA's
-    ``NF4Linear``); PiSSA needs a writable weight (``mergeable`` not False); a meta-device base
-    has no values to start from.
+    ``NF4Linear``); PiSSA needs a writable weight (``mergeable`` not False); on a meta-device base
+    (shapes without values) plain LoRA works, DoRA and PiSSA, which read W0's values, do not.
     """
     if hasattr(base, "lora_A"):
         raise ValueError("this layer already has LoRA (base is a LoRALinear); "
@@ -139,9 +139,11 @@ def check_lora_arguments(base: nn.Module, r: object, lora_alpha: object, lora_dr
                          "For QPiSSA, initialise PiSSA on the nn.Linear first and quantize its "
                          "residual base.weight afterwards (notebook 08)")
     device = getattr(base, "device", None) or base.weight.device
-    if torch.device(device).type == "meta":
+    if torch.device(device).type == "meta" and (use_dora or init_lora_weights == "pissa"):
+        # Plain LoRA on a meta base is fine (A and B are made on meta too: shapes, no values,
+        # e.g. to count parameters of a 7B shape); DoRA's norm and PiSSA's SVD need values.
         raise ValueError("the base layer is on the meta device (its weight has a shape but no "
-                         "values), so A, B and any PiSSA/DoRA statistics cannot be computed; "
-                         "materialise it first, e.g. model.to_empty(device='cpu') and load the "
-                         "pretrained weights, then apply LoRA")
+                         f"values), so {'DoRA' if use_dora else 'PiSSA'}'s statistics of W0 "
+                         "cannot be computed; materialise it first, e.g. "
+                         "model.to_empty(device='cpu') and load the pretrained weights")
     return r

@@ -465,9 +465,12 @@ def test_pissa_layer_remembers_its_init_and_refuses_reinitialising():
     assert all(torch.equal(v, state[k]) for k, v in layer.state_dict().items())
 
 
-def test_a_meta_base_is_refused_with_a_clear_error():
-    with pytest.raises(ValueError, match="meta device.*to_empty"):
-        LoRALinear(nn.Linear(8, 6, device="meta"), r=2)
+def test_a_meta_base_gets_meta_adapters_but_dora_and_pissa_are_refused():
+    layer = LoRALinear(nn.Linear(8, 6, device="meta"), r=2)   # e.g. counting a 7B shape's numbers
+    assert layer.lora_A.is_meta and layer.lora_B.is_meta and layer.lora_A.shape == (2, 8)
+    for kwargs in ({"use_dora": True}, {"init_lora_weights": "pissa"}):
+        with pytest.raises(ValueError, match="meta device.*to_empty"):
+            LoRALinear(nn.Linear(8, 6, device="meta"), r=2, **kwargs)
 
 
 @pytest.mark.parametrize("shape", [(5, 16), (2, 3, 16)])
