@@ -4,6 +4,8 @@ One concept per module:
 
 - ``layers``: ``LoRALinear``, the LoRA layer (with rsLoRA, DoRA and PiSSA as options), and
   ``LoRALinearFunction``, its forward and hand-written backward pass.
+- ``embedding``, ``conv``, ``attention``: LoRA beyond ``nn.Linear`` (``LoRAEmbedding``,
+  ``LoRAConv1d``/``LoRAConv2d``, ``LoRAFusedLinear``, ``LoRAMultiheadAttention``), in PEFT's layouts.
 - ``dora``: DoRA's row norms without the ``(out, in)`` matrix, and its forward/backward pass.
 - ``optimizers``: ``create_loraplus_optimizer`` (LoRA+: a larger learning rate for B).
 - ``inject``: ``apply_lora`` and friends: put LoRA into a model by name, freeze, merge, unload.
@@ -36,6 +38,9 @@ from .inject import (
     merge_lora,
     unmerge_lora,
 )
+from .attention import LoRAFusedLinear, LoRAMultiheadAttention
+from .conv import LoRAConv1d, LoRAConv2d
+from .embedding import LoRAEmbedding
 from .data import TASKS, DigitsSplit, TaskSplit, few_label_split, load_digits_split, make_task
 from .dora import DoRALinearFunction
 from .layers import LoRALinear, LoRALinearFunction

@@ -17,6 +17,9 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from .attention import LoRAFusedLinear, LoRAMultiheadAttention
+from .conv import LoRAConv1d, LoRAConv2d
+from .embedding import LoRAEmbedding
 from .layers import LoRALinear
 from .quantization import NF4Linear
 
@@ -32,10 +35,23 @@ __all__ = [
 
 _BIAS_MODES = ("none", "all", "lora_only")
 
+# Layers other than nn.Linear that apply_lora adapts, by exact type -> the wrapper it uses.
+_WRAPPERS: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Embedding: LoRAEmbedding, nn.Conv1d: LoRAConv1d, nn.Conv2d: LoRAConv2d,
+    nn.MultiheadAttention: LoRAMultiheadAttention}
+_LORA_TYPES = (LoRALinear, LoRAEmbedding, LoRAConv1d, LoRAConv2d, LoRAMultiheadAttention,
+               LoRAFusedLinear)
 
-def lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
-    """Return ``(qualified name, layer)`` for every ``LoRALinear`` in ``model``."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
+
+def _lora_parameter_names(layer: nn.Module) -> tuple[str, ...]:
+    """The trainable LoRA tensors of a layer (``lora_A``/``lora_B`` for ``LoRALinear``)."""
+    return getattr(layer, "lora_parameter_names", ("lora_A", "lora_B"))
+
+
+def lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Return ``(qualified name, layer)`` for every LoRA layer in ``model`` (``LoRALinear``,
+    ``LoRAEmbedding``, ``LoRAConv1d``/``2d``, ``LoRAMultiheadAttention``, ``LoRAFusedLinear``)."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, _LORA_TYPES)]
 
 
 def _require_lora(model: nn.Module) -> list[tuple[str, LoRALinear]]:
@@ -110,7 +126,7 @@ def apply_lora(
             linear_names.append(name)
         if not any(_matches(name, t) for t in targets):
             continue
-        if isinstance(module, LoRALinear):
+        if isinstance(module, _LORA_TYPES):
             raise ValueError(f"module '{name}' already has LoRA; apply_lora once per layer "
                              "(or merge_and_unload(model) first)")
         if name in attention_out_projs:
@@ -119,7 +135,7 @@ def apply_lora(
                 "uses out_proj.weight directly and never calls out_proj(x): LoRA there would "
                 "silently do nothing. Use attention with separate q_proj/k_proj/v_proj/out_proj "
                 "nn.Linear layers (lora_helpers.MultiHeadSelfAttention)")
-        if isinstance(module, (nn.Linear, NF4Linear)):
+        if isinstance(module, (nn.Linear, NF4Linear)) or type(module) in _WRAPPERS:
             chosen.append(name)
     unmatched = [t for t in targets if not any(_matches(n, t) for n in chosen)]
     conv1d = [n for n, m in model.named_modules() if type(m).__name__ == "Conv1D"
@@ -138,7 +154,8 @@ def apply_lora(
                  if isinstance(target_modules, str) else "")
         raise ValueError(f"target_modules {unmatched} match no nn.Linear in the model{regex}; "
                          f"its linear layers are: {linear_names}")
-    too_small = {name: (m.in_features, m.out_features) for name in chosen
+    linear_chosen = [n for n in chosen if type(model.get_submodule(n)) not in _WRAPPERS]
+    too_small = {name: (m.in_features, m.out_features) for name in linear_chosen
                  if r > min((m := model.get_submodule(name)).in_features, m.out_features)
                  } if isinstance(r, int) and not isinstance(r, bool) else {}
     if too_small:
@@ -148,12 +165,12 @@ def apply_lora(
 
     flags = {p: p.requires_grad for p in model.parameters()}
     # PiSSA writes its residual into each base weight: keep the originals until all layers are built
-    originals = ({name: model.get_submodule(name).weight.detach().clone() for name in chosen}
+    originals = ({name: model.get_submodule(name).weight.detach().clone() for name in linear_chosen}
                  if init_lora_weights == "pissa" else {})
     try:  # LoRALinear may refuse an argument (e.g. r too large) after freezing earlier bases
-        wrapped = {name: LoRALinear(model.get_submodule(name), r=r, lora_alpha=lora_alpha,
-                                    lora_dropout=lora_dropout, use_rslora=use_rslora,
-                                    init_lora_weights=init_lora_weights, use_dora=use_dora)
+        wrapped = {name: _wrap(model.get_submodule(name), r=r, lora_alpha=lora_alpha,
+                               lora_dropout=lora_dropout, use_rslora=use_rslora,
+                               init_lora_weights=init_lora_weights, use_dora=use_dora)
                    for name in chosen}
     except (TypeError, ValueError):
         for p, flag in flags.items():
@@ -168,6 +185,17 @@ def apply_lora(
     return model
 
 
+def _wrap(module: nn.Module, use_dora: bool, **kwargs) -> nn.Module:
+    """The LoRA wrapper for ``module``'s type (``LoRALinear`` for linear layers)."""
+    wrapper = _WRAPPERS.get(type(module))
+    if wrapper is None:
+        return LoRALinear(module, use_dora=use_dora, **kwargs)
+    if use_dora:
+        raise ValueError(f"use_dora=True is implemented for linear layers only; "
+                         f"{type(module).__name__} layers take plain LoRA")
+    return wrapper(module, **kwargs)
+
+
 def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> None:
     """Freeze every parameter except LoRA's ``lora_A`` and ``lora_B`` (and DoRA's magnitude).
 
@@ -180,11 +208,11 @@ def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> None:
     layers = _require_lora(model)
     model.requires_grad_(False)
     for _, layer in layers:
-        layer.lora_A.requires_grad_(True)
-        layer.lora_B.requires_grad_(True)
-        if layer.use_dora:
+        for pname in _lora_parameter_names(layer):
+            getattr(layer, pname).requires_grad_(True)
+        if getattr(layer, "use_dora", False):
             layer.lora_magnitude_vector.requires_grad_(True)
-        if bias == "lora_only" and layer.base.bias is not None:
+        if bias == "lora_only" and getattr(layer.base, "bias", None) is not None:
             layer.base.bias.requires_grad_(True)
     if bias == "all":
         for name, param in model.named_parameters():
@@ -201,7 +229,9 @@ def merge_lora(model: nn.Module) -> None:
                          "the adapters unmerged, or call lora_helpers.dequantize_model(model) "
                          "first and merge exactly. No weight was changed")
     with torch.no_grad():
-        bad = [name for name, layer in unmerged if not layer.delta_weight().isfinite().all()]
+        bad = [name for name, layer in unmerged if not all(
+            d.isfinite().all() for d in (layer.delta_weights() if hasattr(layer, "delta_weights")
+                                         else (layer.delta_weight(),)))]
     if bad:
         raise ValueError(f"refusing to merge: the LoRA update of {bad} contains NaN or inf; "
                          "no weight was changed")

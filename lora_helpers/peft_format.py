@@ -239,6 +239,11 @@ def save_peft_adapter(model: nn.Module, save_directory: str | Path,
     merging). Layers that differ in ``lora_dropout``, ``use_rslora`` or DoRA are refused: the
     config has one value for all of them.
     """
+    others = [n for n, layer in lora_layers(model) if not isinstance(layer, LoRALinear)]
+    if others:
+        raise ValueError(f"save_peft_adapter writes LoRALinear layers only for now; {others[:3]} are "
+                         "embedding/conv/attention LoRA layers (PEFT's keys for them are not wired "
+                         "yet): save them with lora_state_dict(model)")
     layers = lora_layers(model)
     if not layers:
         raise ValueError("the model has no LoRALinear layers to save; call apply_lora(model, "

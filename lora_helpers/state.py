@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .inject import _BIAS_MODES, _require_lora
+from .inject import _BIAS_MODES, _lora_parameter_names, _require_lora
 
 __all__ = ["lora_state_dict", "load_lora_state_dict", "checkpoint_bytes"]
 
@@ -26,11 +26,11 @@ def _adapter_parameters(model: nn.Module, bias: str) -> dict[str, nn.Parameter]:
     params = {}
     for name, layer in _require_lora(model):
         prefix = f"{name}." if name else ""
-        params[prefix + "lora_A"] = layer.lora_A  # (r, in)
-        params[prefix + "lora_B"] = layer.lora_B  # (out, r)
-        if layer.use_dora:
+        for pname in _lora_parameter_names(layer):  # lora_A (r, in), lora_B (out, r), or the layer's own
+            params[prefix + pname] = getattr(layer, pname)
+        if getattr(layer, "use_dora", False):
             params[prefix + "lora_magnitude_vector"] = layer.lora_magnitude_vector  # (out,)
-        if bias == "lora_only" and layer.base.bias is not None:
+        if bias == "lora_only" and getattr(layer.base, "bias", None) is not None:
             params[prefix + "base.bias"] = layer.base.bias  # (out,)
     if bias == "all":
         params.update((n, p) for n, p in model.named_parameters()

@@ -265,3 +265,63 @@ def test_mha_equals_peft_and_merges():
     _only_lora_grads(ours, ours(x, x, x)[0])
     with pytest.raises(ValueError, match="kdim = vdim"):
         LoRAMultiheadAttention(nn.MultiheadAttention(8, 2, kdim=4, vdim=4))
+
+
+# ---------------------------------------------------------------- apply_lora dispatch
+class _Mixed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(12, 8)
+        self.conv = nn.Conv1d(8, 8, 3, padding=1)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, ids):
+        h = self.embed(ids)  # (b, T, 8)
+        h = self.conv(h.transpose(1, 2)).transpose(1, 2)  # (b, T, 8)
+        h = self.attn(h, h, h, need_weights=False)[0]
+        return self.head(h)
+
+
+def test_apply_lora_dispatches_by_type_and_state_dict_round_trips():
+    from lora_helpers import apply_lora, lora_state_dict, load_lora_state_dict, merge_lora, unmerge_lora
+
+    torch.manual_seed(0)
+    model = _Mixed()
+    apply_lora(model, ["embed", "conv", "attn", "head"], r=2)
+    kinds = {n: type(model.get_submodule(n)).__name__ for n in ("embed", "conv", "attn", "head")}
+    assert kinds == {"embed": "LoRAEmbedding", "conv": "LoRAConv1d", "attn": "LoRAMultiheadAttention",
+                     "head": "LoRALinear"}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"embed.lora_embedding_A", "embed.lora_embedding_B", "conv.lora_A", "conv.lora_B",
+                         "attn.lora_A", "attn.lora_B", "attn.out_proj_lora_A", "attn.out_proj_lora_B",
+                         "head.lora_A", "head.lora_B"}
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_()
+    ids = torch.randint(0, 12, (2, 5))
+    with torch.no_grad():
+        out = model(ids)
+        saved = lora_state_dict(model)
+        assert set(saved) == trainable
+        merge_lora(model)
+        assert torch.allclose(model(ids), out, atol=1e-4)
+        unmerge_lora(model)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in other.parameters():
+            if p.requires_grad:
+                p.zero_()
+        load_lora_state_dict(other, saved)
+        assert torch.allclose(other(ids), out, atol=1e-5)
+    with pytest.raises(ValueError, match="use_dora=True is implemented for linear layers only"):
+        apply_lora(_Mixed(), ["conv"], use_dora=True)
+
+
+def test_save_peft_adapter_refuses_the_new_layers_clearly(tmp_path):
+    from lora_helpers import apply_lora, save_peft_adapter
+
+    model = apply_lora(_Mixed(), ["conv"], r=2)
+    with pytest.raises(ValueError, match="LoRALinear layers only for now"):
+        save_peft_adapter(model, tmp_path)
