@@ -39,6 +39,8 @@ import torch
 from torch import nn
 
 from .inject import _set_submodule, lora_layers, mark_only_lora_as_trainable
+from .conv import LoRAConv1d, LoRAConv2d
+from .embedding import LoRAEmbedding
 from .layers import LoRALinear
 
 __all__ = ["save_peft_adapter", "load_peft_adapter", "CONFIG_NAME", "WEIGHTS_NAME"]
@@ -109,7 +111,8 @@ def _one_value(layers: list[tuple[str, LoRALinear]], field: str, get) -> object:
 
 
 def _dropout(layer: LoRALinear) -> float:
-    return layer.lora_dropout.p if isinstance(layer.lora_dropout, nn.Dropout) else 0.0
+    dropout = getattr(layer, "lora_dropout", None)  # LoRAEmbedding has none
+    return dropout.p if isinstance(dropout, nn.Dropout) else 0.0
 
 
 def _targeted(config: dict, name: str) -> bool:
@@ -163,7 +166,7 @@ def _extras(model: nn.Module, layers: list[tuple[str, LoRALinear]],
     """
     adapted = {name for name, _ in layers}
     lora_names = {f"{n}.{p}" for n, layer in layers for p, _ in layer.named_parameters()
-                  if p.startswith(("lora_A", "lora_B", "lora_magnitude_vector"))}
+                  if p.startswith(("lora_A", "lora_B", "lora_magnitude_vector", "lora_embedding_"))}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad and n not in lora_names}
     owners = {n.rpartition(".")[0] for n in trainable if not _is_bias(n)}
     owners |= {n for n, _ in model.named_modules() if task_type in HEADS and n
@@ -196,9 +199,9 @@ def _init_value(layers: list[tuple[str, LoRALinear]]) -> bool | str:
     PiSSA is part of the model, not only of A and B: PEFT re-runs the SVD on the base weights
     when it loads a ``"pissa"`` file, so the file must say so (and is loaded into the original
     base model)."""
-    pissa = [name for name, layer in layers if layer.init_lora_weights == "pissa"]
+    pissa = [name for name, layer in layers if getattr(layer, "init_lora_weights", True) == "pissa"]
     if pissa and len(pissa) != len(layers):
-        other = [name for name, layer in layers if layer.init_lora_weights != "pissa"]
+        other = [name for name, layer in layers if getattr(layer, "init_lora_weights", True) != "pissa"]
         raise ValueError(f"layers {pissa} were initialised by PiSSA and {other} were not; "
                          "PEFT's adapter_config.json has one init_lora_weights for all layers. "
                          "Save them as two adapters, or initialise all layers the same way")
@@ -239,11 +242,18 @@ def save_peft_adapter(model: nn.Module, save_directory: str | Path,
     merging). Layers that differ in ``lora_dropout``, ``use_rslora`` or DoRA are refused: the
     config has one value for all of them.
     """
-    others = [n for n, layer in lora_layers(model) if not isinstance(layer, LoRALinear)]
+    others = [n for n, layer in lora_layers(model)
+              if not isinstance(layer, (LoRALinear, LoRAEmbedding, LoRAConv1d, LoRAConv2d))]
     if others:
-        raise ValueError(f"save_peft_adapter writes LoRALinear layers only for now; {others[:3]} are "
-                         "embedding/conv/attention LoRA layers (PEFT's keys for them are not wired "
-                         "yet): save them with lora_state_dict(model)")
+        raise ValueError(f"save_peft_adapter writes linear, embedding and conv LoRA layers; {others[:3]} "
+                         "are fused-projection or nn.MultiheadAttention LoRA layers, which PEFT's "
+                         "format does not hold the same way: save them with lora_state_dict(model)")
+    odd_convs = [n for n, layer in lora_layers(model) if isinstance(layer, (LoRAConv1d, LoRAConv2d))
+                 and (layer.base.padding_mode != "zeros" or set(layer.base.dilation) != {1})]
+    if odd_convs:
+        raise ValueError(f"convs {odd_convs[:3]} use dilation or a padding mode other than 'zeros'; "
+                         "PEFT 0.21.2 builds its lora_A without them, so the same numbers would "
+                         "compute a different function there")
     layers = lora_layers(model)
     if not layers:
         raise ValueError("the model has no LoRALinear layers to save; call apply_lora(model, "
@@ -255,7 +265,7 @@ def save_peft_adapter(model: nn.Module, save_directory: str | Path,
         raise ValueError(f"task_type={task_type!r} is not one of PEFT's {TASK_TYPES} (or None)")
     dropout = _one_value(layers, "lora_dropout", _dropout)
     use_rslora = _one_value(layers, "use_rslora", lambda layer: bool(layer.use_rslora))
-    use_dora = _one_value(layers, "use_dora", lambda layer: layer.use_dora)
+    use_dora = _one_value(layers, "use_dora", lambda layer: getattr(layer, "use_dora", False))
     init = _init_value(layers)
     bias, modules_to_save, extra = _extras(model, layers, task_type)
 
@@ -282,8 +292,12 @@ def save_peft_adapter(model: nn.Module, save_directory: str | Path,
     tensors = {}
     for name, layer in layers:
         key = f"{PREFIX}{name}"
-        tensors[f"{key}.lora_A.weight"] = layer.lora_A.detach().cpu().contiguous()  # (r, in)
-        tensors[f"{key}.lora_B.weight"] = layer.lora_B.detach().cpu().contiguous()  # (out, r)
+        if isinstance(layer, LoRAEmbedding):  # PEFT's embedding factors are bare parameters
+            tensors[f"{key}.lora_embedding_A"] = layer.lora_embedding_A.detach().cpu().contiguous()  # (r, n)
+            tensors[f"{key}.lora_embedding_B"] = layer.lora_embedding_B.detach().cpu().contiguous()  # (d, r)
+            continue
+        tensors[f"{key}.lora_A.weight"] = layer.lora_A.detach().cpu().contiguous()  # (r, in[, k..])
+        tensors[f"{key}.lora_B.weight"] = layer.lora_B.detach().cpu().contiguous()  # (out, r[, 1..])
         if use_dora:
             tensors[f"{key}.lora_magnitude_vector"] = (
                 layer.lora_magnitude_vector.detach().cpu().contiguous())  # (out,)

@@ -319,9 +319,34 @@ def test_apply_lora_dispatches_by_type_and_state_dict_round_trips():
         apply_lora(_Mixed(), ["conv"], use_dora=True)
 
 
-def test_save_peft_adapter_refuses_the_new_layers_clearly(tmp_path):
+def test_save_peft_adapter_embedding_and_conv_load_in_peft_with_equal_outputs(tmp_path):
     from lora_helpers import apply_lora, save_peft_adapter
 
-    model = apply_lora(_Mixed(), ["conv"], r=2)
-    with pytest.raises(ValueError, match="LoRALinear layers only for now"):
-        save_peft_adapter(model, tmp_path)
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(12, 8)
+            self.conv = nn.Conv1d(8, 8, 3, padding=1)
+
+        def forward(self, ids):
+            return self.conv(self.embed(ids).transpose(1, 2))
+
+    torch.manual_seed(0)
+    base = Net()
+    ours = apply_lora(copy.deepcopy(base), ["embed", "conv"], r=2, lora_alpha=4)
+    with torch.no_grad():
+        for p in ours.parameters():
+            if p.requires_grad:
+                p.normal_()
+    save_peft_adapter(ours, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path)
+    ids = torch.randint(0, 12, (2, 6))
+    with torch.no_grad():
+        assert (theirs(ids) - ours(ids)).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="fused-projection or nn.MultiheadAttention"):
+        save_peft_adapter(apply_lora(_Mixed(), ["attn"], r=2), tmp_path / "x")
+    dilated = nn.Sequential(nn.Conv1d(2, 2, 3, dilation=2))
+    with pytest.raises(ValueError, match="dilation or a padding mode"):
+        save_peft_adapter(apply_lora(dilated, ["0"], r=1), tmp_path / "y")
