@@ -27,7 +27,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from bench_lora_linear import inference, paired_median_ratio, size_arguments, train_step
+from timing import inference, paired_median_ratio, size_arguments, train_step
 from lora_helpers import LoRALinear, NF4Linear
 
 

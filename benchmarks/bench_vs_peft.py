@@ -19,7 +19,7 @@ import sys
 import torch
 from torch import nn
 
-from bench_lora_linear import make_pair, paired_median_ratio, size_arguments, train_step
+from timing import make_pair, paired_median_ratio, size_arguments, train_step
 
 try:
     import peft

@@ -2,13 +2,19 @@
 
 One concept per module:
 
-- ``layers``: ``LoRALinear``, the LoRA layer (with rsLoRA, DoRA and PiSSA as options), and
+- ``layers``: ``LoRALinear``, the LoRA layer (rsLoRA as an option); ``lora_function``:
   ``LoRALinearFunction``, its forward and hand-written backward pass.
+- ``dora``: ``DoRALinear`` (``LoRALinear(..., use_dora=True)``), DoRA's row norms without the
+  ``(out, in)`` matrix, and its forward/backward pass. ``pissa``: PiSSA's SVD initialisation.
 - ``embedding``, ``conv``, ``attention``: LoRA beyond ``nn.Linear`` (``LoRAEmbedding``,
-  ``LoRAConv1d``/``LoRAConv2d``, ``LoRAFusedLinear``, ``LoRAMultiheadAttention``), in PEFT's layouts.
-- ``dora``: DoRA's row norms without the ``(out, in)`` matrix, and its forward/backward pass.
+  ``LoRAConv1d``/``LoRAConv2d``, ``LoRAFusedLinear``, ``LoRAMultiheadAttention``), in PEFT's
+  layouts; each registers its builder in ``inject.LORA_WRAPPERS``. ``lora_layer``: ``LoRALayer``,
+  the protocol every LoRA wrapper follows (what the core uses instead of a list of types).
 - ``optimizers``: ``create_loraplus_optimizer`` (LoRA+: a larger learning rate for B).
-- ``inject``: ``apply_lora`` and friends: put LoRA into a model by name, freeze, merge, unload.
+- ``inject``: ``apply_lora`` and friends: put LoRA into a model by name, freeze, merge, unload;
+  ``LORA_WRAPPERS``, the layer type → wrapper table where new layer types plug in.
+- ``_modules`` (private): PEFT's module-name matching, module replacement with rollback, shared
+  by ``inject`` and ``quantization``. ``_checks`` (private): argument checks.
 - ``state``: adapter-only checkpoints.
 - ``peft_format``: Hugging Face PEFT's adapter files (``adapter_config.json`` +
   ``adapter_model.safetensors``), written and read.
@@ -30,6 +36,7 @@ One concept per module:
 """
 
 from .inject import (
+    LORA_WRAPPERS,
     apply_lora,
     disable_lora,
     lora_layers,
@@ -42,8 +49,9 @@ from .attention import LoRAFusedLinear, LoRAMultiheadAttention
 from .conv import LoRAConv1d, LoRAConv2d
 from .embedding import LoRAEmbedding
 from .data import TASKS, DigitsSplit, TaskSplit, few_label_split, load_digits_split, make_task
-from .dora import DoRALinearFunction
+from .dora import DoRALinear, DoRALinearFunction
 from .layers import LoRALinear, LoRALinearFunction
+from .lora_layer import LoRALayer
 from .models import (MLP, CharGPT, MultiHeadSelfAttention, TinyTransformerClassifier, TransformerBlock,
                      generate, generate_text)
 from .optimizers import create_loraplus_optimizer

@@ -4,6 +4,8 @@
 raises a ``TypeError``; a whole number out of range raises a ``ValueError``.
 ``check_positive``: a value that is not a real number (``None``, a bool, a string) raises a
 ``TypeError``; zero, a negative number, NaN or infinity raises a ``ValueError``.
+``as_matrix``: a finite, non-empty 2-D matrix as a float64 copy. ``check_lora_arguments``: every
+argument of ``LoRALinear``, checked before the layer touches its base.
 Every message names the argument, the value, and what to pass instead.
 """
 
@@ -14,8 +16,11 @@ import numbers
 
 import numpy as np
 import torch
+from torch import nn
 
-__all__ = ["as_matrix", "check_int", "check_positive"]
+__all__ = ["as_matrix", "check_int", "check_positive", "check_lora_arguments"]
+
+_INITS = (True, False, "gaussian", "pissa")  # LoRALinear's init_lora_weights
 
 
 def check_int(value: object, name: str, low: int = 1, high: int | None = None, why: str = "") -> int:
@@ -93,3 +98,50 @@ def as_matrix(w: object, name: str, nonfinite: str) -> torch.Tensor:
         raise ValueError(f"{name} contains NaN or inf; {nonfinite} "
                          "(check the training run that produced it)")
     return t
+
+
+def check_lora_arguments(base: nn.Module, r: object, lora_alpha: object, lora_dropout: object,
+                         use_rslora: object, init_lora_weights: object, use_dora: bool,
+                         allow_rank_above_features: bool) -> int:
+    """Refuse bad ``LoRALinear`` arguments with a clear error; return ``r`` as an int.
+
+    ``base`` must be an ``nn.Linear`` or declare ``lora_base_kind = nn.Linear`` (QLoRA's
+    ``NF4Linear``); PiSSA needs a writable weight (``mergeable`` not False); a meta-device base
+    has no values to start from.
+    """
+    if hasattr(base, "lora_A"):
+        raise ValueError("this layer already has LoRA (base is a LoRALinear); "
+                         "adapt the plain nn.Linear once, or use its .base")
+    if not (isinstance(base, nn.Linear) or getattr(base, "lora_base_kind", None) is nn.Linear):
+        raise TypeError(f"base must be an nn.Linear, got {type(base).__name__}; LoRALinear "
+                        "wraps linear layers only (nn.Linear, or QLoRA's NF4Linear)")
+    r = check_int(r, "r")
+    smaller = min(base.in_features, base.out_features)
+    if r > smaller and not allow_rank_above_features:
+        raise ValueError(
+            f"r={r} exceeds min(in_features, out_features) = min({base.in_features}, "
+            f"{base.out_features}); a rank-r update needs r <= {smaller} (PEFT accepts a larger "
+            "r: pass allow_rank_above_features=True to do the same)")
+    check_positive(lora_alpha, "lora_alpha", "8 (a common choice is lora_alpha = r: scaling 1)")
+    if isinstance(lora_dropout, bool) or not isinstance(lora_dropout, numbers.Real):
+        raise TypeError(f"lora_dropout must be a float in [0, 1), got {lora_dropout!r}")
+    if not 0.0 <= lora_dropout < 1.0:
+        raise ValueError(f"lora_dropout must be in [0, 1), got {lora_dropout}; use 0.0 for no dropout")
+    for flag, value in (("use_rslora", use_rslora), ("use_dora", use_dora)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{flag} must be True or False, got {value!r}")
+    if not any(init_lora_weights is v or (isinstance(v, str) and init_lora_weights == v) for v in _INITS):
+        raise ValueError(f"init_lora_weights must be True, False, 'gaussian' or 'pissa', "
+                         f"got {init_lora_weights!r}")
+    if not getattr(base, "mergeable", True) and init_lora_weights == "pissa":
+        raise ValueError(f"init_lora_weights='pissa' writes the residual W0 - s·BA into the base "
+                         f"weight, but the base ({type(base).__name__}) has a read-only weight. "
+                         "For QPiSSA, initialise PiSSA on the nn.Linear first and quantize its "
+                         "residual base.weight afterwards (notebook 08)")
+    device = getattr(base, "device", None) or base.weight.device
+    if torch.device(device).type == "meta":
+        raise ValueError("the base layer is on the meta device (its weight has a shape but no "
+                         "values), so A, B and any PiSSA/DoRA statistics cannot be computed; "
+                         "materialise it first, e.g. model.to_empty(device='cpu') and load the "
+                         "pretrained weights, then apply LoRA")
+    return r

@@ -35,11 +35,13 @@ from torch.func import functional_call
 
 from ._checks import check_int
 from ._lora_args import check_lora_args, dropout_module
+from .inject import LORA_WRAPPERS
+from .lora_layer import LoRALayer
 
 __all__ = ["LoRAFusedLinear", "LoRAMultiheadAttention"]
 
 
-class LoRAFusedLinear(nn.Module):
+class LoRAFusedLinear(LoRALayer):
     """A fused projection with a separate rank-r LoRA on each enabled output slice.
 
     Args:
@@ -167,12 +169,16 @@ class LoRAFusedLinear(nn.Module):
         self.base.weight -= delta.T if self.fan_in_fan_out else delta
         self.merged = False
 
+    def peft_problem(self) -> str | None:
+        return ("a fused-projection LoRA layer (loralib's enable_lora), which PEFT's format does "
+                "not hold the same way: save it with lora_state_dict(model)")
+
     def extra_repr(self) -> str:
         return (f"split_sizes={self.split_sizes}, enable_lora={self.enable_lora}, r={self.r}, "
                 f"scaling={self.scaling:g}, merged={self.merged}")
 
 
-class LoRAMultiheadAttention(nn.Module):
+class LoRAMultiheadAttention(LoRALayer):
     """LoRA on an ``nn.MultiheadAttention``: its fused ``in_proj_weight`` and its ``out_proj``.
 
     As PEFT's ``lora.layer.MultiheadAttention``: ``lora_A: (r, E)``, ``lora_B: (3E, r)`` update the
@@ -263,5 +269,21 @@ class LoRAMultiheadAttention(nn.Module):
         self.base.out_proj.weight -= d_out
         self.merged = False
 
+    def peft_problem(self) -> str | None:
+        return ("an nn.MultiheadAttention LoRA layer, which this package's PEFT writer does not "
+                "hold yet: save it with lora_state_dict(model)")
+
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, r={self.r}, scaling={self.scaling:g}, merged={self.merged}"
+
+
+def _wrap_multihead_attention(module: nn.MultiheadAttention, use_dora: bool = False,
+                              **lora_kwargs) -> LoRAMultiheadAttention:
+    """``apply_lora``'s builder for ``nn.MultiheadAttention`` (DoRA refused here)."""
+    if use_dora:
+        raise ValueError("use_dora=True is implemented for linear layers only; "
+                         "nn.MultiheadAttention layers take plain LoRA")
+    return LoRAMultiheadAttention(module, **lora_kwargs)
+
+
+LORA_WRAPPERS[nn.MultiheadAttention] = _wrap_multihead_attention

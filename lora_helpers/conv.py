@@ -33,11 +33,13 @@ import torch
 from torch import nn
 
 from ._lora_args import check_lora_args, dropout_module
+from .inject import LORA_WRAPPERS
+from .lora_layer import LoRALayer
 
 __all__ = ["LoRAConv1d", "LoRAConv2d"]
 
 
-class _LoRAConvNd(nn.Module):
+class _LoRAConvNd(LoRALayer):
     """The shared body of ``LoRAConv1d`` and ``LoRAConv2d`` (see the module docstring)."""
 
     base_type: type[nn.Module] = nn.Module  # set by each subclass
@@ -140,6 +142,14 @@ class _LoRAConvNd(nn.Module):
                 f"kernel_size={self.base.kernel_size}, r={self.r}, scaling={self.scaling:g}, "
                 f"merged={self.merged}")
 
+    def peft_problem(self) -> str | None:
+        """PEFT 0.21.2 builds its conv ``lora_A`` without dilation or a non-zero padding mode."""
+        if self.base.padding_mode != "zeros" or set(self.base.dilation) != {1}:
+            return ("a conv with dilation or a padding mode other than 'zeros': PEFT 0.21.2 "
+                    "builds its lora_A without them, so the same numbers would compute a "
+                    "different function there")
+        return None
+
 
 class LoRAConv2d(_LoRAConvNd):
     """LoRA on an ``nn.Conv2d``: A ``(r, c_in, k_h, k_w)``, B ``(c_out, r, 1, 1)``.
@@ -161,3 +171,17 @@ class LoRAConv1d(_LoRAConvNd):
 
     base_type = nn.Conv1d
     _conv_fn = staticmethod(nn.functional.conv1d)
+
+
+def _conv_builder(wrapper: type[_LoRAConvNd]):
+    def build(module: nn.Module, use_dora: bool = False, **lora_kwargs) -> _LoRAConvNd:
+        """``apply_lora``'s builder for this conv type (DoRA refused here)."""
+        if use_dora:
+            raise ValueError("use_dora=True is implemented for linear layers only; conv layers "
+                             "take plain LoRA")
+        return wrapper(module, **lora_kwargs)
+    return build
+
+
+LORA_WRAPPERS[nn.Conv1d] = _conv_builder(LoRAConv1d)
+LORA_WRAPPERS[nn.Conv2d] = _conv_builder(LoRAConv2d)

@@ -36,11 +36,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._lora_args import check_lora_args
+from .inject import LORA_WRAPPERS
+from .lora_layer import LoRALayer
 
 __all__ = ["LoRAEmbedding"]
 
 
-class LoRAEmbedding(nn.Module):
+class LoRAEmbedding(LoRALayer):
     """Wrap a frozen ``nn.Embedding`` with a LoRA update of its table.
 
     Args:
@@ -59,6 +61,8 @@ class LoRAEmbedding(nn.Module):
     """
 
     lora_parameter_names = ("lora_embedding_A", "lora_embedding_B")
+    peft_tensor_names = {"lora_embedding_A": "lora_embedding_A",  # PEFT: bare parameters
+                         "lora_embedding_B": "lora_embedding_B"}
 
     def __init__(self, base: nn.Embedding, r: int = 8, lora_alpha: float = 8,
                  lora_dropout: float = 0.0, use_rslora: bool = False,
@@ -153,3 +157,14 @@ class LoRAEmbedding(nn.Module):
     def extra_repr(self) -> str:
         return (f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}, "
                 f"r={self.r}, scaling={self.scaling:g}, merged={self.merged}")
+
+
+def _wrap_embedding(module: nn.Embedding, use_dora: bool = False, **lora_kwargs) -> LoRAEmbedding:
+    """``apply_lora``'s builder for ``nn.Embedding`` (DoRA refused: PEFT has none for embeddings)."""
+    if use_dora:
+        raise ValueError("use_dora=True is implemented for linear layers only; nn.Embedding "
+                         "layers take plain LoRA")
+    return LoRAEmbedding(module, **lora_kwargs)
+
+
+LORA_WRAPPERS[nn.Embedding] = _wrap_embedding

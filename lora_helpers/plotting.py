@@ -24,7 +24,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from ._checks import as_matrix, check_int
-from .rank import Matrix, _check_threshold, _energy_rank
+from .rank import Matrix, check_threshold, energy_rank_of_spectrum
 
 __all__ = ["plot_heatmap", "plot_lora_decomposition", "plot_singular_values",
            "plot_subspace_similarity", "plot_accuracy_vs_parameters"]
@@ -68,9 +68,24 @@ def _limit(*data: np.ndarray) -> float:
     return v if v > 0 else 1.0
 
 
+def _heatmap(ax: Axes, data: np.ndarray, vmin: float, vmax: float, cmap: str, cbar: bool,
+             label: str | None = None) -> None:
+    """The picture ``seaborn.heatmap`` draws (row 0 on top, no ticks or spines, a colour bar),
+    without its full redraw of the figure on every call, which made a six-panel figure
+    several seconds slower (it checks whether automatic tick labels overlap; we draw none)."""
+    rows, cols = data.shape
+    mesh = ax.pcolormesh(np.ma.masked_invalid(data), cmap=cmap, vmin=vmin, vmax=vmax)
+    ax.set(xlim=(0, cols), ylim=(0, rows), xticks=[], yticks=[])
+    ax.invert_yaxis()
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if cbar:
+        bar = ax.figure.colorbar(mesh, ax=ax, label=label)
+        bar.outline.set_linewidth(0)
+
+
 def _draw(ax: Axes, data: np.ndarray, vmax: float, cbar: bool, cmap: str) -> None:
-    sns.heatmap(data, ax=ax, cmap=cmap, vmin=-vmax, vmax=vmax, cbar=cbar,
-                xticklabels=False, yticklabels=False)
+    _heatmap(ax, data, -vmax, vmax, cmap, cbar)
 
 
 def plot_heatmap(w: Matrix, ax: Axes | None = None, title: str | None = None, *,
@@ -100,8 +115,9 @@ def plot_heatmap(w: Matrix, ax: Axes | None = None, title: str | None = None, *,
 def plot_lora_decomposition(layer: object, *, max_size: int = 128) -> Figure:
     """One row of heatmaps reading as the equation ``W0 + s·B·A = W0 + ΔW = W``.
 
-    ``layer`` is a ``LoRALinear`` (anything with ``.base.weight``, ``.lora_A``, ``.lora_B``,
-    ``.scaling``, ``.r`` and ``.delta_weight()``). Panels: ``W0`` (out×in), ``B`` (out×r),
+    ``layer`` is a plain-LoRA ``LoRALinear`` (anything with ``.base.weight``, ``.lora_A``,
+    ``.lora_B``, ``.scaling``, ``.r`` and ``.delta_weight()``), also on an NF4 base (its
+    dequantized weight is drawn as W0); a DoRA layer is refused (its ΔW is not s·B·A). Panels: ``W0`` (out×in), ``B`` (out×r),
     ``A`` (r×in), ``ΔW = s·B·A`` (out×in) and ``W = W0 + ΔW``, sized like the matrices (B is
     narrow, A is short). Colour scales: ``W0`` and ``W`` share one, so the visible difference is
     the real change; ``ΔW``, ``B`` and ``A`` each get their own, since ΔW is usually far smaller
@@ -113,6 +129,10 @@ def plot_lora_decomposition(layer: object, *, max_size: int = 128) -> Figure:
         raise TypeError(f"plot_lora_decomposition needs a LoRALinear, got {type(layer).__name__} "
                         f"(missing {missing or ['base.weight']}); wrap the layer with "
                         "LoRALinear(nn.Linear(...)) or apply_lora first")
+    if getattr(layer, "use_dora", False):
+        raise ValueError("plot_lora_decomposition draws W0 + s·B·A = W0 + ΔW, but this is a DoRA "
+                         "layer, whose ΔW = m / ‖W0 + s·BA‖_row ⊙ (W0 + s·BA) - W0 is not s·B·A; "
+                         "draw its layer.delta_weight() with plot_heatmap instead")
     max_size = check_int(max_size, "max_size", 1, 10**6, "cells per side to draw")
     with torch.no_grad():
         delta = _as_matrix(layer.delta_weight(), "delta_weight()")  # (out, in)
@@ -181,7 +201,7 @@ def plot_singular_values(matrices: Mapping[str, Matrix], ax: Axes | None = None,
                         " e.g. {'W0': layer.base.weight, 'ΔW': layer.delta_weight()}")
     if not matrices:
         raise ValueError("matrices is empty; pass at least one {name: matrix}")
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
     checked = {name: _as_matrix(w, f"matrices[{name!r}]") for name, w in matrices.items()}
     eps = {name: _machine_epsilon(w) for name, w in matrices.items()}
     spectra = {name: torch.linalg.svdvals(t) for name, t in checked.items()}  # each (k,)
@@ -196,7 +216,7 @@ def plot_singular_values(matrices: Mapping[str, Matrix], ax: Axes | None = None,
         label = f"{name} ({checked[name].shape[0]}×{checked[name].shape[1]})"
         if twin is not None and s.sum() > 0:
             cumulative = (s ** 2).cumsum(0).numpy() / float((s ** 2).sum())  # (k,)
-            k = _energy_rank(s, threshold)
+            k = energy_rank_of_spectrum(s, threshold)
             twin.plot(i, cumulative, ls="--", color=color)
             twin.plot([k], [cumulative[k - 1]], "o", color=color)
             label += f": {threshold:.0%} energy at k = {k}"
@@ -238,9 +258,7 @@ def plot_subspace_similarity(grid: Matrix, ax: Axes | None = None, title: str | 
     if ax is None:
         _, ax = plt.subplots(figsize=(4.5, 3.8), layout="constrained")
     label = "φ(i, j)" if d is None else f"φ(i, j) − max(i, j)/{d}"
-    sns.heatmap(shown, ax=ax, vmin=0 if d is None else -1, vmax=1,
-                cmap="viridis" if d is None else DIVERGING, cbar=cbar,
-                xticklabels=False, yticklabels=False, cbar_kws={"label": label} if cbar else None)
+    _heatmap(ax, shown, 0 if d is None else -1, 1, "viridis" if d is None else DIVERGING, cbar, label)
     for n, axis in ((t.shape[1], ax.xaxis), (t.shape[0], ax.yaxis)):
         step = math.ceil(n / 10)
         ticks = [1] + list(range(step, n + 1, step)) if step > 1 else list(range(1, n + 1))

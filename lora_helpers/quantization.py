@@ -1,28 +1,10 @@
-"""4-bit NormalFloat (NF4) quantization and the frozen NF4 linear layer of QLoRA.
+"""QLoRA's frozen 4-bit layer, ``NF4Linear``, and whole-model ``quantize_model``/``dequantize_model``.
 
-QLoRA (Dettmers et al. 2023, arXiv 2305.14314, §3) stores the frozen pretrained weights in 4 bits
-and trains LoRA adapters in full precision on top. Three ideas, each written out here:
+The NF4 data type itself (levels, blockwise absmax, double quantization) is in
+``lora_helpers.nf4``; its names are re-exported here.
 
-- **NF4 levels.** 16 values in [−1, 1] placed at quantiles of the standard normal distribution,
-  because pretrained weights are roughly normal: each level then stands for about the same share
-  of the weights. The paper estimates the negative and positive halves separately (8 levels for
-  the positive side, 7 for the negative, one exact zero shared) and normalises them into [−1, 1].
-  ``nf4_levels()`` derives them with torch's normal quantile function ``torch.special.ndtri``;
-  the tests check them against the table bitsandbytes publishes.
-- **Blockwise absmax.** The weight is cut into blocks of ``block_size`` (64) consecutive elements;
-  each block is divided by its largest absolute value (its *absmax*, one fp32 constant per
-  block), and every element is replaced by the index of its nearest level: 4 bits, two per byte.
-- **Double quantization** (optional). The fp32 absmax constants (32/64 = 0.5 bit per weight)
-  are themselves quantized to 8 bits in blocks of 256, after subtracting their mean, with one
-  fp32 scale per 256 constants: 8/64 + 32/(64·256) ≈ 0.127 bit per weight, a saving of about
-  0.373 bit (the paper's numbers), plus one fp32 mean per tensor.
-
-``NF4Linear`` holds such a weight, frozen, and dequantizes it on every forward call;
+``NF4Linear`` holds an NF4 weight (an ``NF4Tensor``), frozen, and dequantizes it on every forward call;
 ``lora_helpers.apply_lora`` adapts it like an ``nn.Linear`` (QLoRA = LoRA on an NF4 base).
-
-Differences from bitsandbytes, on purpose: the second-level (double) quantization here is a plain
-symmetric 8-bit integer grid (absmax/127 steps), where bitsandbytes uses its 8-bit "dynamic"
-float code; the byte count is the same. Codes are packed first element in the high nibble.
 
 Merging a LoRA update into an ``NF4Linear`` is refused (``LoRALinear.merge`` raises): the sum
 W + ΔW is not representable in NF4, and re-quantizing it would silently add rounding error to the
@@ -33,212 +15,16 @@ exactly; ``NF4Linear.from_linear`` re-quantizes the merged layer if you accept t
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
 from torch import nn
 
-from ._checks import check_int
+from ._modules import attention_out_projs, replace_with_rollback, set_submodule, target_matcher
+from .nf4 import NF4_LEVELS, NF4Tensor, nf4_levels, quantize_nf4
 
 __all__ = ["nf4_levels", "NF4_LEVELS", "NF4Tensor", "quantize_nf4", "NF4Linear",
            "quantize_model", "dequantize_model"]
-
-
-def nf4_levels() -> torch.Tensor:
-    """The 16 NF4 levels, derived from normal quantiles; float32 ``(16,)``, sorted, in [−1, 1].
-
-    The positive half takes the normal quantiles at 8 equally spaced probabilities from ``p_max``
-    down to (not including) 0.5, the negative half the negated quantiles at 7 such probabilities,
-    and 0 is added once: 8 + 7 + 1 = 16 levels, with an exact zero (QLoRA §3). Dividing by the
-    largest quantile puts both ends at exactly −1 and 1.
-
-    ``p_max`` keeps the outermost quantile finite: it is the mean of 1 − 1/(2·15) and
-    1 − 1/(2·16) (the centre of the top bin for 15 and for 16 levels), 0.96770833…, the value in
-    bitsandbytes' ``create_normal_map(offset=0.9677083)``. Computed in float64, then rounded.
-    """
-    p_max = ((1 - 1 / (2 * 15)) + (1 - 1 / (2 * 16))) / 2
-    probs_pos = torch.linspace(p_max, 0.5, 9, dtype=torch.float64)[:-1]  # (8,), 0.5 excluded
-    probs_neg = torch.linspace(p_max, 0.5, 8, dtype=torch.float64)[:-1]  # (7,)
-    positive = torch.special.ndtri(probs_pos)  # Φ⁻¹(p): (8,)
-    negative = -torch.special.ndtri(probs_neg)  # (7,)
-    levels = torch.cat([negative, torch.zeros(1, dtype=torch.float64), positive]).sort().values
-    return (levels / levels.max()).float()  # (16,): levels[0] = −1, levels[7] = 0, levels[15] = 1
-
-
-NF4_LEVELS: torch.Tensor = nf4_levels()
-"""The 16 NF4 levels (float32, sorted): code ``i`` stands for ``NF4_LEVELS[i] · absmax``."""
-
-_BYTES = torch.arange(256)
-_LEVEL_PAIRS = torch.stack([NF4_LEVELS[_BYTES >> 4], NF4_LEVELS[_BYTES & 0x0F]], dim=1)  # (256, 2)
-
-
-def _check_float_tensor(weight: object, what: str = "weight") -> torch.Tensor:
-    if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor, got {type(weight).__name__}; "
-                        "pass e.g. layer.weight")
-    if not weight.is_floating_point():
-        raise TypeError(f"{what} must be floating point to quantize, got {weight.dtype}; "
-                        "convert with .float()")
-    if weight.numel() == 0:
-        raise ValueError(f"{what} is empty (shape {tuple(weight.shape)}); nothing to quantize")
-    if not torch.isfinite(weight).all():
-        raise ValueError(f"{what} contains NaN or inf; NF4 can only store finite weights")
-    return weight
-
-
-def _absmax_int8(x: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric 8-bit blockwise quantization of a 1-D float32 ``x``: (int8 codes, fp32 scales).
-
-    The last block may be shorter. ``x[i] ≈ codes[i] · scales[i // block_size] / 127``.
-    """
-    n_blocks = math.ceil(x.numel() / block_size)
-    padded = torch.zeros(n_blocks * block_size, dtype=torch.float32, device=x.device)
-    padded[:x.numel()] = x
-    blocks = padded.view(n_blocks, block_size)  # (n_blocks, block_size)
-    scales = blocks.abs().amax(dim=1)  # (n_blocks,)
-    safe = torch.where(scales > 0, scales, torch.ones_like(scales))  # an all-zero block stays 0
-    codes = torch.round(blocks / safe[:, None] * 127).to(torch.int8)  # (n_blocks, block_size)
-    return codes.flatten()[:x.numel()], scales
-
-
-class NF4Tensor:
-    """A weight stored in NF4: packed 4-bit codes, blockwise absmax constants, the shape.
-
-    Build it with ``quantize_nf4``. Attributes (all tensors on the weight's device):
-
-    - ``codes``: uint8 ``(ceil(numel/2),)``, two 4-bit level indices per byte, the first element
-      of each pair in the high nibble;
-    - without double quantization: ``absmax``: float32 ``(n_blocks,)``;
-    - with it: ``absmax_codes``: int8 ``(n_blocks,)``, ``absmax_scales``: float32
-      ``(ceil(n_blocks/256),)`` and ``absmax_offset``: float32 scalar (the mean that was
-      subtracted), so that ``absmax ≈ absmax_codes · absmax_scales[block] / 127 + absmax_offset``;
-    - ``shape``, ``dtype`` (the dtype ``dequantize`` returns: the original weight's),
-      ``block_size``, ``double_quant``, ``double_quant_block_size``.
-    """
-
-    def __init__(self, codes: torch.Tensor, shape: torch.Size, dtype: torch.dtype, block_size: int,
-                 absmax: torch.Tensor | None = None, absmax_codes: torch.Tensor | None = None,
-                 absmax_scales: torch.Tensor | None = None, absmax_offset: torch.Tensor | None = None,
-                 double_quant_block_size: int = 256) -> None:
-        self.codes = codes
-        self.shape = torch.Size(shape)
-        self.dtype = dtype
-        self.block_size = block_size
-        self.double_quant = absmax is None
-        self.double_quant_block_size = double_quant_block_size
-        self.absmax = absmax
-        self.absmax_codes = absmax_codes
-        self.absmax_scales = absmax_scales
-        self.absmax_offset = absmax_offset
-
-    def numel(self) -> int:
-        """The number of weights stored."""
-        return math.prod(self.shape)
-
-    @property
-    def n_blocks(self) -> int:
-        """The number of blocks of ``block_size`` weights (one absmax constant each)."""
-        return self.numel() // self.block_size
-
-    def block_absmax(self) -> torch.Tensor:
-        """The absmax constant of every block, float32 ``(n_blocks,)`` (reconstructed if double-quantized)."""
-        if not self.double_quant:
-            return self.absmax
-        k = self.double_quant_block_size
-        scales = self.absmax_scales.repeat_interleave(k)[:self.n_blocks]  # (n_blocks,)
-        return self.absmax_codes.float() * scales / 127 + self.absmax_offset  # (n_blocks,)
-
-    def level_indices(self) -> torch.Tensor:
-        """The 4-bit code of every weight, unpacked: uint8 ``(numel,)`` with values 0..15."""
-        high, low = self.codes >> 4, self.codes & 0x0F  # (ceil(n/2),) each
-        return torch.stack([high, low], dim=1).flatten()[:self.numel()]  # (n,)
-
-    def dequantize(self) -> torch.Tensor:
-        """The weight as NF4 represents it: ``levels[code] · absmax`` per block; shape ``self.shape``.
-
-        Each packed byte is looked up whole in a (256, 2) table of level pairs: the same numbers
-        as unpacking the two nibbles and indexing ``NF4_LEVELS``, in one gather instead of
-        three passes (``benchmarks/bench_nf4.py`` measures the cost).
-        """
-        pairs = _LEVEL_PAIRS.to(self.codes.device)  # (256, 2): byte -> (high level, low level)
-        values = pairs.index_select(0, self.codes.int()).flatten()[:self.numel()]  # (n,) in [−1, 1]
-        blocks = values.view(self.n_blocks, self.block_size)  # (n_blocks, block_size)
-        return blocks.mul_(self.block_absmax()[:, None]).view(self.shape).to(self.dtype)
-
-    @property
-    def nbytes(self) -> int:
-        """Exact storage in bytes: packed codes + absmax constants (+ second-level constants).
-
-        ``ceil(numel/2)`` bytes of codes; then either 4 bytes per block (fp32 absmax) or 1 byte
-        per block (8-bit absmax) + 4 bytes per 256 blocks (fp32 scales) + 4 bytes (the fp32
-        offset). The shape and block size are metadata, not counted.
-        """
-        total = self.codes.numel() * self.codes.element_size()
-        if self.double_quant:
-            for t in (self.absmax_codes, self.absmax_scales, self.absmax_offset):
-                total += t.numel() * t.element_size()
-        else:
-            total += self.absmax.numel() * self.absmax.element_size()
-        return total
-
-    @property
-    def bits_per_parameter(self) -> float:
-        """``8 · nbytes / numel``: 4.5 for blocks of 64 with fp32 absmax."""
-        return 8 * self.nbytes / self.numel()
-
-    def __repr__(self) -> str:
-        return (f"NF4Tensor(shape={tuple(self.shape)}, block_size={self.block_size}, "
-                f"double_quant={self.double_quant}, nbytes={self.nbytes})")
-
-
-def quantize_nf4(weight: torch.Tensor, block_size: int = 64, double_quant: bool = False,
-                 double_quant_block_size: int = 256) -> NF4Tensor:
-    """Quantize ``weight`` to NF4 with one absmax constant per block of ``block_size`` elements.
-
-    Blocks are consecutive elements of the flattened weight (for an ``(out, in)`` matrix with
-    ``in`` a multiple of ``block_size``: pieces of rows). In each block, ``x / absmax`` lies in
-    [−1, 1] and is rounded to the nearest of the 16 ``NF4_LEVELS``; the block's largest-magnitude
-    element lands exactly on −1 or 1, so it is reconstructed exactly.
-
-    Args:
-        weight: a floating-point tensor of any shape whose ``numel`` is a multiple of
-            ``block_size``.
-        block_size: elements per absmax block (QLoRA: 64).
-        double_quant: also quantize the absmax constants to 8 bits (blocks of
-            ``double_quant_block_size``, QLoRA: 256), after subtracting their mean.
-    Returns:
-        an ``NF4Tensor``; ``.dequantize()`` gives back a tensor of ``weight``'s shape and dtype.
-    """
-    weight = _check_float_tensor(weight)
-    block_size = check_int(block_size, "block_size")
-    double_quant_block_size = check_int(double_quant_block_size, "double_quant_block_size")
-    if not isinstance(double_quant, bool):
-        raise TypeError(f"double_quant must be True or False, got {double_quant!r}")
-    n = weight.numel()
-    if n % block_size:
-        divisors = [b for b in (16, 32, 64, 128, 256) if n % b == 0]
-        raise ValueError(f"block_size={block_size} does not divide the weight's {n} elements "
-                         f"(shape {tuple(weight.shape)}); choose a divisor"
-                         + (f", e.g. block_size={divisors[-1]}" if divisors else ""))
-    x = weight.detach().reshape(-1, block_size).float()  # (n_blocks, block_size)
-    absmax = x.abs().amax(dim=1)  # (n_blocks,)
-    safe = torch.where(absmax > 0, absmax, torch.ones_like(absmax))  # an all-zero block stays 0
-    normalised = x / safe[:, None]  # (n_blocks, block_size) in [−1, 1]
-    levels = NF4_LEVELS.to(weight.device)  # (16,)
-    midpoints = (levels[1:] + levels[:-1]) / 2  # (15,): the decision boundaries
-    idx = torch.bucketize(normalised, midpoints).to(torch.uint8).flatten()  # (n,) nearest level
-    if n % 2:
-        idx = torch.cat([idx, idx.new_zeros(1)])  # pad one nibble
-    codes = (idx[0::2] << 4) | idx[1::2]  # (ceil(n/2),) two codes per byte
-    common = dict(codes=codes, shape=weight.shape, dtype=weight.dtype, block_size=block_size,
-                  double_quant_block_size=double_quant_block_size)
-    if not double_quant:
-        return NF4Tensor(absmax=absmax, **common)
-    offset = absmax.mean()  # () the absmax values are positive: centre them on 0 (QLoRA §3)
-    absmax_codes, absmax_scales = _absmax_int8(absmax - offset, double_quant_block_size)
-    return NF4Tensor(absmax_codes=absmax_codes, absmax_scales=absmax_scales,
-                     absmax_offset=offset, **common)
 
 
 _NF4_TENSORS = ("codes", "absmax", "absmax_codes", "absmax_scales", "absmax_offset")
@@ -252,10 +38,17 @@ class NF4Linear(nn.Module):
     its quantized weight is held in buffers (so ``.to()``, ``state_dict`` and ``nbytes`` see it)
     and its bias, if any, is a frozen parameter. Build it with ``NF4Linear.from_linear``.
 
-    ``lora_helpers.apply_lora`` wraps it in a ``LoRALinear`` like an ``nn.Linear`` (QLoRA).
+    ``lora_helpers.apply_lora`` wraps it in a ``LoRALinear`` like an ``nn.Linear`` (QLoRA),
+    through a small protocol, so that the LoRA core never imports this module:
+    ``lora_base_kind = nn.Linear`` (adapt me as a linear layer), ``mergeable = False`` (my weight
+    cannot be written: no merge, no PiSSA residual), ``weight`` (the dequantized weight, a new
+    tensor on every read, so writing into it changes nothing), ``dtype`` and ``device``.
 
     Shapes: input ``(..., in_features)`` → output ``(..., out_features)``.
     """
+
+    lora_base_kind = nn.Linear
+    mergeable = False
 
     def __init__(self, quantized_weight: NF4Tensor, bias: torch.Tensor | None = None) -> None:
         super().__init__()
@@ -316,6 +109,12 @@ class NF4Linear(nn.Module):
     def device(self) -> torch.device:
         return self.codes.device
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized weight, ``(out_features, in_features)``: a new tensor on every read
+        (read-only in effect: writing into it does not change the stored NF4 codes)."""
+        return self.dequantized_weight()
+
     def dequantized_weight(self) -> torch.Tensor:
         """The weight the forward pass uses, ``(out_features, in_features)``."""
         return self.quantized_weight.dequantize()
@@ -350,57 +149,61 @@ class NF4Linear(nn.Module):
                 f"double_quant={q.double_quant}")
 
 
-def _matches(name: str, target: str) -> bool:
-    return name == target or name.endswith("." + target)
-
-
 def quantize_model(model: nn.Module, target_modules: str | Iterable[str] | None = None,
                    exclude_modules: str | Iterable[str] = (), block_size: int = 64,
                    double_quant: bool = False) -> nn.Module:
     """Replace ``nn.Linear`` layers of ``model`` by ``NF4Linear`` (in place; returns ``model``).
 
     Args:
-        target_modules: names matched by PEFT's suffix rule (``"fc1"`` matches
-            ``"blocks.0.mlp.fc1"``); ``None`` means every ``nn.Linear``.
-        exclude_modules: names (same rule) to leave in full precision, e.g. ``["head"]``; QLoRA
-            keeps the output layer in 16 bits.
+        target_modules: a list of names matched by PEFT's suffix rule (``"fc1"`` matches
+            ``"blocks.0.mlp.fc1"``), or one string, a regex matched against the whole name
+            (PEFT's rule, as in ``apply_lora``); ``None`` means every ``nn.Linear``.
+        exclude_modules: names or a regex (same rules) to leave in full precision, e.g.
+            ``["head"]``; QLoRA keeps the output layer in 16 bits.
         block_size, double_quant: as in ``quantize_nf4``.
     Every name in ``target_modules`` and ``exclude_modules`` must match a linear layer. All checks
     (including the block size of every chosen layer) run before anything changes. The ``out_proj``
     of an ``nn.MultiheadAttention`` is never quantized: that module reads ``out_proj.weight``
     directly instead of calling it.
     """
-    def names(value: str | Iterable[str] | None, what: str) -> list[str] | None:
-        if value is None:
-            return None
-        values = [value] if isinstance(value, str) else list(value) if isinstance(value, Iterable) else [None]
-        if not all(isinstance(v, str) and v for v in values):
-            raise TypeError(f"{what} must be module names, got {value!r}; e.g. {what}=['head']")
-        return values
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    targets, excluded = names(target_modules, "target_modules"), names(exclude_modules, "exclude_modules")
-    if targets == []:
+    chosen = _choose_linears(model, target_modules, exclude_modules)
+    replace_with_rollback(model, chosen, lambda linear: NF4Linear.from_linear(
+        linear, block_size=block_size, double_quant=double_quant))
+    return model
+
+
+def _choose_linears(model: nn.Module, target_modules: str | Iterable[str] | None,
+                    exclude_modules: str | Iterable[str]) -> list[str]:
+    """The names ``quantize_model`` replaces: PEFT's matching rules (``lora_helpers._modules``)."""
+    if target_modules is not None and not isinstance(target_modules, str) \
+            and isinstance(target_modules, Iterable) and not list(target_modules):
         raise ValueError("target_modules is empty; pass None to quantize every nn.Linear")
-    inside_attention = {f"{n}.out_proj" if n else "out_proj" for n, m in model.named_modules()
-                        if isinstance(m, nn.MultiheadAttention)}
-    linears = [n for n, m in model.named_modules()
-               if isinstance(m, nn.Linear) and n not in inside_attention]
-    for what, wanted in (("target_modules", targets or []), ("exclude_modules", excluded)):
-        unmatched = [t for t in wanted if not any(_matches(n, t) for n in linears)]
+    targets, match = target_matcher(target_modules) if target_modules is not None else (None, None)
+    excluded, match_ex = (target_matcher(exclude_modules, "exclude_modules")
+                          if isinstance(exclude_modules, str) or list(exclude_modules) else ([], None))
+    out_projs = attention_out_projs(model)
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in out_projs]
+    for what, wanted, rule in (("target_modules", targets or [], match),
+                               ("exclude_modules", excluded, match_ex)):
+        unmatched = [t for t in wanted if not any(rule(n, t) for n in linears)]
         if unmatched:
             raise ValueError(f"{what} {unmatched} match no nn.Linear in the model; its linear "
                              f"layers are: {linears}")
-    chosen = [n for n in linears if (targets is None or any(_matches(n, t) for t in targets))
-              and not any(_matches(n, t) for t in excluded)]
+    chosen = [n for n in linears if (targets is None or any(match(n, t) for t in targets))
+              and not any(match_ex(n, t) for t in excluded)]
     if not chosen:
         raise ValueError(f"nothing to quantize: every linear layer {linears} is excluded")
-    new = {name: NF4Linear.from_linear(model.get_submodule(name), block_size=block_size,
-                                       double_quant=double_quant) for name in chosen}
-    for name, layer in new.items():
-        _set_submodule(model, name, layer)
-    return model
+    if "" in chosen:
+        raise ValueError("pass a model that contains linear layers, not a single layer; for one "
+                         "layer use NF4Linear.from_linear(layer)")
+    merged = [n for n in chosen if n.endswith("base") and getattr(
+        model.get_submodule(n.rpartition(".")[0]), "merged", False)]
+    if merged:
+        raise ValueError(f"{merged} are the bases of merged LoRA layers (they hold W0 + ΔW); "
+                         "unmerge_lora(model) before quantizing, so that only W0 goes to NF4")
+    return chosen
 
 
 def dequantize_model(model: nn.Module) -> nn.Module:
@@ -410,13 +213,5 @@ def dequantize_model(model: nn.Module) -> nn.Module:
         if isinstance(module, NF4Linear):
             if not name:
                 return module.to_linear()
-            _set_submodule(model, name, module.to_linear())
+            set_submodule(model, name, module.to_linear())
     return model
-
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    if not name:
-        raise ValueError("pass a model that contains linear layers, not a single layer; for one "
-                         "layer use NF4Linear.from_linear(layer)")
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name), child, new)

@@ -87,7 +87,7 @@ def reconstruction_error(w: Matrix, r: int) -> float:
     return 0.0 if total == 0 else float(torch.linalg.matrix_norm(residual) / total)
 
 
-def _check_threshold(threshold: object) -> float:
+def check_threshold(threshold: object) -> float:
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
         raise TypeError(f"threshold must be a number in (0, 1], got {threshold!r}")
     if not 0 < threshold <= 1:  # also catches NaN
@@ -95,7 +95,7 @@ def _check_threshold(threshold: object) -> float:
     return float(threshold)
 
 
-def _energy_rank(s: torch.Tensor, threshold: float) -> int:
+def energy_rank_of_spectrum(s: torch.Tensor, threshold: float) -> int:
     """Energy rank from the singular values ``s`` ``(k,)`` (float64, descending)."""
     energy = s ** 2  # (k,)
     if energy.sum() == 0:
@@ -110,8 +110,8 @@ def energy_rank(w: Matrix, threshold: float = 0.9) -> int:
 
     ``threshold`` is in (0, 1]; ``threshold=1`` gives the numerical rank. 0 for a zero matrix.
     """
-    threshold = _check_threshold(threshold)
-    return _energy_rank(torch.linalg.svdvals(_as_matrix(w)), threshold)
+    threshold = check_threshold(threshold)
+    return energy_rank_of_spectrum(torch.linalg.svdvals(_as_matrix(w)), threshold)
 
 
 def stable_rank(w: Matrix) -> float:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .inject import _BIAS_MODES, _lora_parameter_names, _require_lora
+from .inject import BIAS_MODES, require_lora
 
 __all__ = ["lora_state_dict", "load_lora_state_dict", "checkpoint_bytes"]
 
@@ -16,20 +16,19 @@ __all__ = ["lora_state_dict", "load_lora_state_dict", "checkpoint_bytes"]
 def _adapter_parameters(model: nn.Module, bias: str) -> dict[str, nn.Parameter]:
     """The parameters an adapter file holds, keyed like ``model.state_dict()``.
 
-    Always ``"<path>.lora_A"`` and ``"<path>.lora_B"``; for DoRA layers also
-    ``"<path>.lora_magnitude_vector"`` (PEFT's name); with ``bias="lora_only"`` also the biases
+    ``"<path>.<name>"`` for each of the layer's ``lora_parameter_names``: ``lora_A`` and
+    ``lora_B``; for DoRA layers also ``lora_magnitude_vector`` (PEFT's name); for embeddings
+    ``lora_embedding_A``/``lora_embedding_B``; with ``bias="lora_only"`` also the biases
     of the adapted layers (``"<path>.base.bias"``); with ``bias="all"`` every bias in the model
     (loralib's modes, matching ``mark_only_lora_as_trainable``).
     """
-    if bias not in _BIAS_MODES:
-        raise ValueError(f"bias must be one of {_BIAS_MODES}, got {bias!r}")
+    if bias not in BIAS_MODES:
+        raise ValueError(f"bias must be one of {BIAS_MODES}, got {bias!r}")
     params = {}
-    for name, layer in _require_lora(model):
+    for name, layer in require_lora(model):
         prefix = f"{name}." if name else ""
-        for pname in _lora_parameter_names(layer):  # lora_A (r, in), lora_B (out, r), or the layer's own
+        for pname in layer.lora_parameter_names:  # lora_A (r, in), lora_B (out, r), DoRA's m, ...
             params[prefix + pname] = getattr(layer, pname)
-        if getattr(layer, "use_dora", False):
-            params[prefix + "lora_magnitude_vector"] = layer.lora_magnitude_vector  # (out,)
         if bias == "lora_only" and getattr(layer.base, "bias", None) is not None:
             params[prefix + "base.bias"] = layer.base.bias  # (out,)
     if bias == "all":
@@ -80,7 +79,7 @@ def load_lora_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor
             raise ValueError(f"shape mismatch for {key!r}: the adapter has "
                              f"{tuple(value.shape)}, the model expects "
                              f"{tuple(params[key].shape)} (a different r?)")
-    merged = [name for name, layer in _require_lora(model) if layer.merged]
+    merged = [name for name, layer in require_lora(model) if layer.merged]
     if merged:
         raise ValueError(f"cannot load an adapter into merged layers {merged}; "
                          "call unmerge_lora(model) first")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from tqdm.auto import tqdm
 
 from ._checks import check_int
-from .training import _show_progress
+from .training import show_progress
 
 __all__ = ["LRSweep", "sweep_learning_rate"]
 
@@ -142,7 +142,7 @@ def sweep_learning_rate(run: Callable[[float, int], float], lrs: Sequence[float]
         raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}; "
                          f"e.g. tolerance=0.005 (or 0 for the standard error alone)")
     scores = []
-    with tqdm(total=len(lrs) * len(seeds), desc=desc, disable=not _show_progress(progress), leave=False) as bar:
+    with tqdm(total=len(lrs) * len(seeds), desc=desc, disable=not show_progress(progress), leave=False) as bar:
         for lr in lrs:
             row = []
             for seed in seeds:

@@ -35,7 +35,7 @@ class History:
     optimizer: torch.optim.Optimizer | None = None
 
 
-def _show_progress(progress: bool) -> bool:
+def show_progress(progress: bool) -> bool:
     """``progress``, unless the environment variable ``TQDM_DISABLE`` is set (the tests set it).
 
     tqdm reads ``TQDM_DISABLE`` only as a default, and its notebook bars pass ``disable``
@@ -51,7 +51,7 @@ def progress_bar(iterable=None, **kwargs) -> tqdm:
     the tests set it so that stored notebook outputs hold no bars. Takes tqdm's arguments
     (``total=``, ``desc=``, ...).
     """
-    return tqdm(iterable, disable=not _show_progress(True), **kwargs)
+    return tqdm(iterable, disable=not show_progress(True), **kwargs)
 
 
 def _check_data(x: torch.Tensor, y: torch.Tensor, what: str) -> None:
@@ -107,7 +107,7 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, *, epo
     generator = torch.Generator().manual_seed(seed)
     history = History(optimizer=optimizer)
     start = time.perf_counter()
-    for _ in tqdm(range(epochs), desc="epochs", disable=not _show_progress(progress), leave=False):
+    for _ in tqdm(range(epochs), desc="epochs", disable=not show_progress(progress), leave=False):
         model.train()
         order = torch.randperm(len(y_train), generator=generator)  # (n,)
         total_loss, correct = 0.0, 0
@@ -274,7 +274,7 @@ def train_language_model(model: nn.Module, data: torch.Tensor, *, steps: int, lr
     history = History(optimizer=optimizer)
     start = time.perf_counter()
     model.train()
-    for step in tqdm(range(1, steps + 1), desc=desc, disable=not _show_progress(progress), leave=False):
+    for step in tqdm(range(1, steps + 1), desc=desc, disable=not show_progress(progress), leave=False):
         x, y = sample_batch(data, context, batch_size, generator)  # (B, T), (B, T)
         logits = model(x)  # (B, T, vocab)
         loss = nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())

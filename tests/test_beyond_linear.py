@@ -345,8 +345,49 @@ def test_save_peft_adapter_embedding_and_conv_load_in_peft_with_equal_outputs(tm
     ids = torch.randint(0, 12, (2, 6))
     with torch.no_grad():
         assert (theirs(ids) - ours(ids)).abs().max() <= 1e-5
-    with pytest.raises(ValueError, match="fused-projection or nn.MultiheadAttention"):
+    with pytest.raises(ValueError, match="'attn': an nn.MultiheadAttention LoRA layer"):
         save_peft_adapter(apply_lora(_Mixed(), ["attn"], r=2), tmp_path / "x")
+    fused = nn.Sequential(LoRAFusedLinear(nn.Linear(4, 12), [4, 4, 4], [True, False, True], r=1))
+    with pytest.raises(ValueError, match="'0': a fused-projection LoRA layer"):
+        save_peft_adapter(fused, tmp_path / "z")
     dilated = nn.Sequential(nn.Conv1d(2, 2, 3, dilation=2))
     with pytest.raises(ValueError, match="dilation or a padding mode"):
         save_peft_adapter(apply_lora(dilated, ["0"], r=1), tmp_path / "y")
+
+
+def test_new_layers_plug_in_through_the_wrapper_table_and_the_protocol():
+    from lora_helpers import LORA_WRAPPERS, LoRALayer, apply_lora, disable_lora, merge_and_unload
+
+    assert {nn.Embedding, nn.Conv1d, nn.Conv2d, nn.MultiheadAttention, nn.Linear} <= set(LORA_WRAPPERS)
+    for cls in (LoRALinear, LoRAEmbedding, LoRAConv1d, LoRAConv2d, LoRAFusedLinear, LoRAMultiheadAttention):
+        assert issubclass(cls, LoRALayer), cls
+    torch.manual_seed(0)
+    base = _Mixed()
+    ids = torch.randint(0, 12, (2, 5))
+    with torch.no_grad():
+        expected = base(ids)
+    model = apply_lora(copy.deepcopy(base), ["embed", "conv", "attn", "head"], r=2,
+                       init_lora_weights=False)  # ΔW ≠ 0 in every layer
+    with torch.no_grad():
+        adapted = model(ids)
+        assert (adapted - expected).abs().max() > 1e-3
+        with disable_lora(model):
+            assert torch.allclose(model(ids), expected, atol=1e-6)
+        assert torch.equal(model(ids), adapted)
+        plain = merge_and_unload(model)
+        assert {type(plain.get_submodule(n)) for n in ("embed", "conv", "attn", "head")} == {
+            nn.Embedding, nn.Conv1d, nn.MultiheadAttention, nn.Linear}
+        assert torch.allclose(plain(ids), adapted, atol=1e-4)  # float32 sums of values up to ~60
+
+
+def test_apply_lora_rolls_back_when_a_new_layer_type_refuses():
+    from lora_helpers import apply_lora
+
+    model = _Mixed()
+    model.conv = nn.Conv1d(8, 8, 3, padding=1, groups=2)  # refused by LoRAConv1d, after embed
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="groups=2"):
+        apply_lora(model, ["embed", "conv"], r=2)
+    assert type(model.embed) is nn.Embedding and type(model.conv) is nn.Conv1d
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -244,3 +244,56 @@ def test_dora_initial_magnitude_equals_peft():
     ours = LoRALinear(base, r=4, lora_alpha=8, use_dora=True)
     torch.testing.assert_close(ours.lora_magnitude_vector,
                                model.base_model.model.lin.lora_magnitude_vector["default"].weight)
+
+
+def test_dora_is_its_own_class_and_still_a_lora_linear():
+    from lora_helpers import DoRALinear
+    layer = dora_layer()
+    assert type(layer) is DoRALinear and isinstance(layer, LoRALinear) and layer.use_dora
+    model = apply_lora(TinyTransformerClassifier(), ["q_proj"], r=2, use_dora=True)
+    assert all(type(m) is DoRALinear for m in model.modules() if isinstance(m, LoRALinear))
+    plain = LoRALinear(nn.Linear(6, 4), r=2)
+    assert type(plain) is LoRALinear and plain.lora_magnitude_vector is None
+    assert type(LoRALinear(nn.Linear(6, 4), 2, 2, 0.0, False, True, True)) is DoRALinear  # by position
+    with pytest.raises(TypeError, match="use_dora must be True"):
+        DoRALinear(nn.Linear(6, 4), r=2, use_dora=False)
+
+
+def test_weight_norm_cache_follows_a_data_swap():
+    layer = dora_layer()
+    layer.dora_weight_norm()  # fills the cache
+    layer.base.weight.data = torch.randn(7, 10, dtype=torch.float64)  # same Parameter, new data
+    torch.testing.assert_close(layer.dora_weight_norm(), weight_norm_reference(
+        layer.base.weight, layer.lora_A, layer.lora_B, layer.scaling).detach())
+
+
+def test_merge_with_a_zero_magnitude_is_refused_and_the_base_untouched():
+    layer = dora_layer()
+    with torch.no_grad():
+        layer.lora_magnitude_vector[2] = 0.0
+    w0 = layer.base.weight.clone()
+    with pytest.raises(ValueError, match=r"refusing to merge DoRA: rows \[2\]"):
+        layer.merge()
+    assert torch.equal(layer.base.weight, w0) and not layer.merged
+
+
+def test_a_merged_dora_state_dict_loads_as_merged_and_unmerges_to_w0():
+    layer = dora_layer()
+    x = torch.randn(3, 10, dtype=torch.float64)
+    w0, expected = layer.base.weight.clone(), layer(x).detach()
+    layer.merge()
+    fresh = LoRALinear(nn.Linear(10, 7).double(), r=3, lora_alpha=6, use_dora=True)
+    fresh.load_state_dict(layer.state_dict())
+    assert fresh.merged
+    torch.testing.assert_close(fresh(x), expected)
+    fresh.unmerge()
+    torch.testing.assert_close(fresh.base.weight, w0)
+    torch.testing.assert_close(fresh(x), expected)
+
+
+def test_no_grad_path_equals_the_training_path():
+    layer = dora_layer().eval()
+    x = torch.randn(4, 10, dtype=torch.float64)
+    trained = layer(x).detach()
+    with torch.no_grad():
+        assert torch.equal(layer(x), trained)

@@ -271,3 +271,51 @@ def test_a_string_target_is_a_full_regex_as_in_peft():
 def test_rank_too_large_names_the_module():
     with pytest.raises(ValueError, match=r"r=4 exceeds .* of \{'head': \(8, 3\)\}"):
         apply_lora(make_model(), ["q_proj", "head"], r=4)
+
+
+def test_any_error_while_wrapping_restores_every_layer(monkeypatch):
+    """PiSSA's SVD failing on the second layer must not leave the first holding its residual."""
+    import lora_helpers.pissa as pissa
+    model = make_model()
+    before = snapshot(model)
+    real, calls = pissa.pissa_factors, []
+
+    def failing(weight, r, scaling):
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.linalg.LinAlgError("SVD did not converge")
+        return real(weight, r, scaling)
+
+    monkeypatch.setattr("lora_helpers.layers.pissa_factors", failing)
+    with pytest.raises(torch.linalg.LinAlgError):
+        apply_lora(model, ["q_proj"], r=2, init_lora_weights="pissa")
+    after = snapshot(model)
+    assert len(calls) == 2 and after[1:] == before[1:]
+    assert all(torch.equal(v, before[0][k]) for k, v in after[0].items())
+
+
+def test_the_model_itself_cannot_be_a_target():
+    from lora_helpers._modules import set_submodule
+    with pytest.raises(ValueError, match="single layer use LoRALinear"):
+        apply_lora(nn.Linear(4, 4), ".*", r=2)
+    with pytest.raises(ValueError, match="cannot replace the model itself"):
+        set_submodule(nn.Linear(2, 2), "", nn.Linear(2, 2))
+
+
+def test_a_new_layer_type_plugs_in_through_the_wrapper_table(monkeypatch):
+    from lora_helpers import LORA_WRAPPERS
+
+    class Scale(nn.Module):
+        def forward(self, x):
+            return 2 * x
+
+    built = []
+    monkeypatch.setitem(LORA_WRAPPERS, Scale, lambda module, **kw: built.append(kw["r"]) or module)
+    model = nn.Sequential(Scale(), nn.Linear(4, 4))
+    apply_lora(model, ["0", "1"], r=2)
+    assert built == [2] and isinstance(model[1], LoRALinear)
+
+
+def test_a_string_target_must_match_the_whole_name_not_a_prefix():
+    with pytest.raises(ValueError, match="match no nn.Linear"):
+        apply_lora(make_model(), r"layers\.0\.q", r=1)  # only a prefix of layers.0.q_proj

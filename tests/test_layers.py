@@ -189,9 +189,12 @@ def test_half_precision_bases(dtype):
     ({"r": 2.0}, TypeError, r"r must be an int, got 2.0 \(float\); pass a whole number, e.g. r=2"),
     ({"r": True}, TypeError, "r must be an int, got True"),
     ({"r": 13}, ValueError, r"r=13 exceeds min\(in_features, out_features\)"),
-    ({"lora_alpha": 0}, ValueError, "lora_alpha must be > 0"),
-    ({"lora_alpha": -1.5}, ValueError, "lora_alpha must be > 0"),
-    ({"lora_alpha": float("nan")}, ValueError, "lora_alpha must be > 0"),
+    ({"lora_alpha": 0}, ValueError, "lora_alpha must be a finite number > 0"),
+    ({"lora_alpha": -1.5}, ValueError, "lora_alpha must be a finite number > 0"),
+    ({"lora_alpha": float("nan")}, ValueError, "lora_alpha must be a finite number > 0"),
+    ({"lora_alpha": float("inf")}, ValueError, "lora_alpha must be a finite number > 0"),
+    ({"use_rslora": "no"}, TypeError, "use_rslora must be True or False, got 'no'"),
+    ({"use_rslora": 1}, TypeError, "use_rslora must be True or False"),
     ({"lora_alpha": "8"}, TypeError, "lora_alpha must be a positive number"),
     ({"lora_dropout": 1.0}, ValueError, r"lora_dropout must be in \[0, 1\)"),
     ({"lora_dropout": -0.1}, ValueError, r"lora_dropout must be in \[0, 1\)"),
@@ -433,7 +436,7 @@ def test_weight_and_bias_are_read_only_views_of_the_base():
     base = nn.Linear(6, 4)
     layer = LoRALinear(base, r=2)
     assert layer.weight is base.weight and layer.bias is base.bias
-    assert set(layer.state_dict()) == {"base.weight", "base.bias", "lora_A", "lora_B"}
+    assert set(layer.state_dict()) == {"base.weight", "base.bias", "lora_A", "lora_B"}  # unmerged
     with pytest.raises((AttributeError, KeyError)):  # nn.Module refuses to shadow the property
         layer.weight = nn.Parameter(torch.zeros(4, 6))
     assert LoRALinear(nn.Linear(6, 4, bias=False), r=2).bias is None
@@ -460,3 +463,58 @@ def test_pissa_layer_remembers_its_init_and_refuses_reinitialising():
             layer.reset_lora_parameters(init)
     assert torch.equal(layer(x), before)
     assert all(torch.equal(v, state[k]) for k, v in layer.state_dict().items())
+
+
+def test_a_meta_base_is_refused_with_a_clear_error():
+    with pytest.raises(ValueError, match="meta device.*to_empty"):
+        LoRALinear(nn.Linear(8, 6, device="meta"), r=2)
+
+
+@pytest.mark.parametrize("shape", [(5, 16), (2, 3, 16)])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_no_grad_path_equals_the_training_path(shape, dropout):
+    layer = make_layer(r=4, init_lora_weights=False, lora_dropout=dropout).eval()
+    x = torch.randn(*shape)
+    trained = layer(x)  # gradients recorded: LoRALinearFunction through autograd
+    with torch.no_grad():
+        fast = layer(x)
+    assert torch.equal(fast, trained.detach()) and not fast.requires_grad
+    torch.testing.assert_close(fast, layer.forward_autograd(x).detach())
+
+
+def test_no_grad_path_skips_autograd_function(monkeypatch):
+    layer = make_layer(r=4, init_lora_weights=False)
+    calls = []
+    monkeypatch.setattr(LoRALinearFunction, "apply", lambda *a: calls.append(1) or (_ for _ in ()).throw(
+        AssertionError("autograd.Function used under no_grad")))
+    with torch.no_grad():
+        layer(torch.randn(3, 16))
+    assert calls == []
+
+
+def test_a_merged_state_dict_loads_as_merged_and_is_not_added_twice():
+    layer = make_layer(r=4, init_lora_weights=False)
+    x = torch.randn(3, 16)
+    expected = layer(x).detach()
+    layer.merge()
+    state = layer.state_dict()
+    fresh = LoRALinear(nn.Linear(16, 12), r=4)
+    fresh.load_state_dict(state)
+    assert fresh.merged
+    torch.testing.assert_close(fresh(x), expected)
+    fresh.unmerge()
+    torch.testing.assert_close(fresh(x), expected)
+    torch.testing.assert_close(fresh.base.weight, layer.base.weight - layer.delta_weight())
+
+
+def test_forward_pre_hooks_of_the_base_are_honoured():
+    layer = make_layer(r=4, init_lora_weights=False)
+    x = torch.randn(3, 16)
+    handle = layer.base.register_forward_pre_hook(lambda module, args: (2 * args[0],))
+    # the hook doubles what the base sees; the LoRA path still sees x
+    want = layer.base(x) + layer.scaling * (x @ layer.lora_A.T) @ layer.lora_B.T
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            torch.testing.assert_close(layer(x), want)
+    handle.remove()
+    assert not torch.allclose(layer(x), want)

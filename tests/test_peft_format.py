@@ -710,7 +710,7 @@ def test_property_module_selection_agrees_with_peft(name, indexes, pattern, excl
     """PEFT's check_target_module_exists and ours pick the same module names."""
     peft = pytest.importorskip("peft")
     from peft.tuners.tuners_utils import check_target_module_exists
-    from lora_helpers.peft_format import _targeted
+    from lora_helpers.peft_keys import targeted as _targeted
     options = dict(target_modules=targets, layers_to_transform=indexes, layers_pattern=pattern,
                    exclude_modules=exclude)
     # configs PEFT's LoraConfig refuses: index filters with a regex, a pattern without indexes
@@ -718,3 +718,13 @@ def test_property_module_selection_agrees_with_peft(name, indexes, pattern, excl
     assume(not (pattern and indexes is None))
     config = peft.LoraConfig(**options)
     assert bool(_targeted(options, name)) == bool(check_target_module_exists(config, name)), name
+
+
+def test_rank_pattern_keys_match_whole_name_segments():
+    """PEFT's ``(.*\\.)?(key)$``: "q_proj" matches "q_proj" and "a.q_proj", never "xq_proj"."""
+    from lora_helpers.peft_keys import pattern_key as _pattern_key
+    patterns = {"q_proj": 4}
+    assert _pattern_key(patterns, "q_proj") == "q_proj"
+    assert _pattern_key(patterns, "layers.0.q_proj") == "q_proj"
+    assert _pattern_key(patterns, "layers.0.xq_proj") is None
+    assert _pattern_key(patterns, "xq_proj") is None

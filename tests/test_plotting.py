@@ -67,6 +67,18 @@ def test_heatmap_draws_into_a_given_axes():
     assert len(fig.axes) == 2 and axes[0].get_title() == ""
 
 
+def test_heatmap_reads_like_a_matrix_without_redrawing_the_figure(monkeypatch):
+    # Row 0 on top, no ticks or spines (seaborn's look), and no draw of the whole figure per
+    # panel: seaborn.heatmap drew it on every call, seconds for a six-panel figure.
+    draws = []
+    monkeypatch.setattr(plt.Figure, "draw", lambda self, renderer: draws.append(self))
+    ax = plot_heatmap(np.arange(6.0).reshape(2, 3))
+    assert draws == []
+    assert ax.yaxis_inverted() and len(ax.get_xticks()) == len(ax.get_yticks()) == 0
+    assert not any(spine.get_visible() for spine in ax.spines.values())
+    assert mesh(ax).get_array().reshape(2, 3)[0, 0] == 0.0   # the first row is drawn at the top
+
+
 def test_zero_matrix_gets_a_valid_colour_scale():
     assert mesh(plot_heatmap(np.zeros((3, 3)))).get_clim() == (-1.0, 1.0)
 
@@ -419,3 +431,16 @@ def test_accuracy_plot_bad_std(std, error, match):
 def test_heatmap_of_a_nan_matrix_says_why_it_cannot_be_drawn():
     with pytest.raises(ValueError, match="w contains NaN or inf; a heatmap cannot show it"):
         plot_heatmap(torch.tensor([[1.0, float("nan")]]))
+
+
+def test_lora_decomposition_on_nf4_draws_and_refuses_dora():
+    import torch.nn as tnn
+    from lora_helpers import LoRALinear, NF4Linear, plot_lora_decomposition
+    torch.manual_seed(0)
+    nf4 = LoRALinear(NF4Linear.from_linear(tnn.Linear(64, 32)), r=2, init_lora_weights=False)
+    fig = plot_lora_decomposition(nf4)  # used to say "needs a LoRALinear, got LoRALinear"
+    assert len(fig.axes) >= 5
+    plt.close(fig)
+    dora = LoRALinear(tnn.Linear(16, 8), r=2, use_dora=True)
+    with pytest.raises(ValueError, match="DoRA layer.*plot_heatmap"):
+        plot_lora_decomposition(dora)

@@ -165,17 +165,40 @@ def test_byte_count_formula(n_blocks, block, dq):
 
 @settings(max_examples=30, deadline=None)
 @given(n_blocks=st.integers(1, 700), scale=st.floats(1e-3, 1e3), seed=st.integers(0, 2**16))
-def test_double_quant_reconstructs_absmax_within_half_an_int8_step(n_blocks, scale, seed):
+def test_double_quant_reconstructs_every_absmax_within_half_a_log_step(n_blocks, scale, seed):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(n_blocks * 64, generator=g) * scale
     exact = quantize_nf4(w).absmax
     q = quantize_nf4(w, double_quant=True)
-    centred = exact - exact.mean()
-    padded = torch.zeros(math.ceil(n_blocks / 256) * 256)
-    padded[:n_blocks] = centred
-    step = padded.view(-1, 256).abs().amax(1).repeat_interleave(256)[:n_blocks] / 127
-    assert torch.all((q.block_absmax() - exact).abs() <= step / 2 + 1e-6 * exact.abs().max())
+    step = float(q.absmax_offset)
+    bound = 2 ** (step / 2) - 1 + 1e-5
+    assert torch.all(((q.block_absmax() - exact).abs() / exact) <= bound)
+    assert bound < 0.01  # normal weights: under 1% for every block
     assert q.absmax_codes.dtype == torch.int8 and q.absmax_offset.dtype == torch.float32
+
+
+def test_double_quant_resolves_small_blocks_among_normal_ones():
+    """Blocks 100x smaller than their neighbours keep their accuracy (0.785 relative error with
+    the mean-subtracted linear 8-bit code; about 0.094, as without double quantization, here)."""
+    torch.manual_seed(0)
+    w = torch.randn(64, 64 * 64)
+    w[::8] *= 0.01  # one block row in eight is small
+    small = slice(0, None, 8)
+
+    def rel_error(q):
+        d = q.dequantize()
+        return float((d[small] - w[small]).norm() / w[small].norm())
+
+    plain, dq = rel_error(quantize_nf4(w)), rel_error(quantize_nf4(w, double_quant=True))
+    assert plain < 0.11 and dq < plain * 1.02
+    q = quantize_nf4(w, double_quant=True)  # the 254 steps span the widest group exactly:
+    assert int(q.absmax_codes.min()) == -127 and int(q.absmax_codes.max()) == 127
+    zero = torch.zeros(4 * 64)
+    zero[64:128] = torch.randn(64)  # all-zero blocks stay exactly zero, absmax included
+    q = quantize_nf4(zero, double_quant=True)
+    back = q.dequantize()
+    assert torch.equal(back[:64], zero[:64]) and torch.equal(back[128:], zero[128:])
+    assert q.block_absmax().tolist()[0] == 0 and q.block_absmax().tolist()[2:] == [0, 0]
 
 
 # ---------------------------------------------------------------- against bitsandbytes itself
@@ -372,11 +395,36 @@ def test_multihead_attention_out_proj_is_left_alone():
     assert isinstance(model[0], NF4Linear) and isinstance(model.mha.out_proj, nn.Linear)
 
 
-@pytest.mark.parametrize("kwargs, named", [({"use_dora": True}, "use_dora=True"),
-                                           ({"init_lora_weights": "pissa"}, "init_lora_weights='pissa'")])
-def test_dora_and_pissa_need_a_full_precision_base(kwargs, named):
+def test_pissa_needs_a_writable_base_and_dora_works_on_nf4():
     torch.manual_seed(0)
     base = NF4Linear.from_linear(nn.Linear(64, 32))
-    with pytest.raises(ValueError, match=f"{named}.*NF4Linear"):
-        LoRALinear(base, r=4, **kwargs)
+    with pytest.raises(ValueError, match="init_lora_weights='pissa'.*NF4Linear.*read-only"):
+        LoRALinear(base, r=4, init_lora_weights="pissa")
     LoRALinear(base, r=4)  # plain LoRA on the same base is fine
+    # QDoRA: DoRA on the dequantized weight, exactly as DoRA on the equivalent nn.Linear
+    dora = LoRALinear(base, r=4, use_dora=True, init_lora_weights=False)
+    plain = LoRALinear(base.to_linear(), r=4, use_dora=True, init_lora_weights=False)
+    with torch.no_grad():
+        plain.lora_A.copy_(dora.lora_A), plain.lora_B.copy_(dora.lora_B)
+        plain.lora_magnitude_vector.copy_(dora.lora_magnitude_vector)
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(dora(x), plain(x))
+    with pytest.raises(ValueError, match="refusing to merge into a NF4Linear"):
+        dora.merge()
+
+
+def test_quantize_after_dora_and_pissa_on_an_nf4_model():
+    torch.manual_seed(0)
+    model = apply_lora(L.TinyTransformerClassifier(), ["q_proj", "v_proj"], r=2, use_dora=True)
+    x = torch.randn(2, 1, 8, 8)
+    quantize_model(model, exclude_modules=["head"])  # used to crash: 'NF4Linear' has no 'weight'
+    assert model(x).isfinite().all()
+    nf4 = _quantized_classifier()
+    before = {k: v.clone() for k, v in nf4.state_dict().items()}
+    with pytest.raises(ValueError, match="pissa.*read-only"):
+        apply_lora(nf4, ["q_proj"], r=2, init_lora_weights="pissa")
+    assert all(torch.equal(v, before[k]) for k, v in nf4.state_dict().items())
+    merged = apply_lora(L.TinyTransformerClassifier(), ["q_proj"], r=2, init_lora_weights=False)
+    L.merge_lora(merged)
+    with pytest.raises(ValueError, match="merged LoRA layers.*unmerge_lora"):
+        quantize_model(merged)
