@@ -5,39 +5,45 @@ The convention (TEACHING.md, "Exercises"): each `### Exercise N` prompt is follo
 `<details>` markdown cell and a `solution`-tagged, collapsed code cell whose first line reveals
 nothing. `scripts/make_student_notebooks.py` deletes the `solution` cells and clears the outputs.
 
-Static checks read the stored files. One execution per notebook (nbclient) then proves two things
-at once about the student edition:
+Static checks read the stored files. One execution per notebook then proves, through
+scripts/grade.py (the grader teachers use), three things at once about the student edition:
 
 - **Run All with nothing answered works**: every cell of the student notebook runs in order, the
   `answer` cells unanswered, and nothing raises except the `raises-exception` cells. (Strict nbval
   runs the teacher's notebook, where the solution cells run too, so it cannot show that no later
   cell needs a name that only a solution defines.)
-- **Each stored solution, pasted over its answer cell, passes its check**: right before each
-  answer cell the run inserts the exercise's solution code as a cell of its own, with the namespace
-  saved before it and restored after it, so the pasted solution sees exactly what the answer cell
-  would see, prints "Exercise N: correct", and leaves the unanswered run unchanged for the cells
-  that follow. (A solution that mutates an object in place, e.g. trains a model defined earlier,
-  would leak into later cells; the convention asks solutions to build what they change.)
+- **The grader scores synthetic submissions right**: right before each answer cell it grades,
+  each in a fork of the kernel, the stored solution (and the other right answers of
+  tests/classroom_cases.py), the unanswered stub, plausible wrong answers (each must be rejected
+  with a hint) and gaming answers (print the verdict, redefine the check, objects that equal
+  everything, asking the check in a loop, patching torch or builtins, ending the process,
+  rebinding or mutating what the check reads: none may score).
+- **Every exercise has a wrong-answer case** (a static test over classroom_cases.WRONG).
 """
 
+import copy
 import re
 import sys
 from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from make_student_notebooks import SOLUTION_TAG, student_notebook  # noqa: E402
+from make_student_notebooks import SOLUTION_TAG, student_notebook, student_source  # noqa: E402
+from grade import answer_spec, grade_notebook  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "tests"))
+import classroom_cases  # noqa: E402
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 SOLUTION_FIRST_LINE = "# Solution (hidden: click to expand)"
 PROMPT = re.compile(r"^### Exercise (\d+)\b", flags=re.M)
 NOT_ATTEMPTED = "Exercise {n}: not attempted yet"
 CORRECT = "Exercise {n}: correct"
-CELL_TIMEOUT = 300  # seconds, as nbval's --nbval-cell-timeout
+CELL_TIMEOUT = 900  # seconds for one cell; a grading cell runs every submission's answer
+ANSWER_TIMEOUT = 120  # seconds for one submission's answer and check
 
 
 def load(path):
@@ -204,7 +210,8 @@ class TestStudentEdition:
     def test_keeps_everything_else_and_clears_outputs(self, path):
         teacher, student = load(path), student_notebook(path)
         kept = [c for c in teacher.cells if SOLUTION_TAG not in tags(c)]
-        assert [c.source for c in student.cells] == [c.source for c in kept]
+        # the same cells, word for word, except that a `timing` cell's asserts become warnings
+        assert [c.source for c in student.cells] == [student_source(c) for c in kept]
         assert [tags(c) for c in student.cells] == [tags(c) for c in kept]  # answer, raises-exception
         for cell in student.cells:
             if cell.cell_type == "code":
@@ -218,58 +225,103 @@ def test_make_student_notebooks_writes_every_notebook(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("*.ipynb")) == [p.name for p in NOTEBOOKS]
 
 
-def _proof_notebook(path):
-    """The student edition, with each exercise's solution pasted in before its answer cell
-    (in a saved-and-restored namespace). Returns the notebook and {cell index: (kind, N)}."""
-    teacher = load(path)
+# ---------------------------------------------------------------------------------------------
+# Grading: one run per notebook grades synthetic submissions and runs the student edition
+# ---------------------------------------------------------------------------------------------
+
+def _is_function_exercise(student, n):
+    entry = exercises(student)[n]
+    name, _ = answer_spec(student.cells[entry["answer"][0]].source, n)
+    return bool(re.search(rf"^def {name}\(", student.cells[entry["answer"][0]].source, flags=re.M)), name
+
+
+def submissions_for(path):
+    """{submission name: (notebook, {N: expected status or "not correct"})} for one notebook.
+
+    - "right": every answer cell replaced by the stored solution's code;
+    - "right variant i": the i-th extra right answer of classroom_cases.RIGHT, where there is one;
+    - "unanswered": the student edition as it is (and one exercise's answer cell deleted);
+    - "wrong i": the i-th wrong answer of classroom_cases.WRONG for each exercise that has one;
+    - "gaming: ...": each gaming template for every exercise, and the specific games."""
+    teacher, student = load(path), student_notebook(path)
+    stem = path.stem
     found = exercises(teacher)
-    solution_of = {}
-    for n, e in found.items():
-        assert len(e["answer"]) == 1 and e["solution_code"], (
-            f"Exercise {n} needs one 'answer' cell and a 'solution' code cell (see TestConvention)")
-        code = "\n\n".join(teacher.cells[i].source for i in e["solution_code"])
-        solution_of[teacher.cells[e["answer"][0]].id] = (n, code)
-    student = student_notebook(path)
-    cells, roles = [], {}
-    for cell in student.cells:
-        if cell.get("id") in solution_of:
-            n, code = solution_of[cell.id]
-            cells.append(nbformat.v4.new_code_cell("_classroom_saved = dict(globals())"))
-            roles[len(cells)] = ("pasted", n)
-            cells.append(nbformat.v4.new_code_cell(code))
-            # Restore: drop every name the solution added, put back every name it rebound.
-            # One expression statement inside `if`, so it binds no name of its own.
-            cells.append(nbformat.v4.new_code_cell(
-                "if True:\n"
-                "    (lambda saved, g: ([g.pop(k) for k in list(g) if k not in saved],"
-                " g.update(saved)))(globals().pop('_classroom_saved'), globals())"))
-            roles[len(cells)] = ("answer", n)
-        cells.append(cell)
-    student.cells = cells
-    return student, roles
+    answer_ids = {n: teacher.cells[e["answer"][0]].id for n, e in found.items()}
+    solutions = {n: "\n\n".join(teacher.cells[i].source for i in e["solution_code"])
+                 for n, e in found.items()}
+
+    def make(sources):
+        nb = copy.deepcopy(student)
+        for cell in nb.cells:
+            for n, cell_id in answer_ids.items():
+                if cell.get("id") == cell_id and n in sources:
+                    cell.source = sources[n]
+        return nb
+
+    subs = {"right": (make(solutions), {n: "correct" for n in found})}
+    for n, variants in classroom_cases.RIGHT.get(stem, {}).items():
+        for i, source in enumerate(variants):
+            subs[f"right variant {n}.{i + 1}"] = (make({n: source}), {
+                m: "correct" if m == n else "not attempted" for m in found})
+    unanswered = make({})
+    first = unanswered.cells.index(next(c for c in unanswered.cells if c.get("id") == answer_ids[1]))
+    del unanswered.cells[first]
+    subs["unanswered"] = (unanswered, {n: "missing" if n == 1 else "not attempted" for n in found})
+    wrong = classroom_cases.WRONG.get(stem, {})
+    for i in range(max((len(v) for v in wrong.values()), default=0)):
+        chosen = {n: v[i] for n, v in wrong.items() if len(v) > i}
+        subs[f"wrong {i + 1}"] = (make(chosen), {
+            n: "wrong" if n in chosen else "not attempted" for n in found})
+    for game, templates in classroom_cases.GAMING.items():
+        sources = {}
+        for n in found:
+            function, name = _is_function_exercise(student, n)
+            sources[n] = templates["function" if function else "value"].format(
+                n=n, name=name, wrong=wrong[n][0] if n in wrong else "")
+        subs[f"gaming: {game}"] = (make(sources), {n: "not correct" for n in found})
+    for n, games in classroom_cases.SPECIFIC_GAMING.get(stem, {}).items():
+        for i, source in enumerate(games):
+            subs[f"gaming: specific {n}.{i + 1}"] = (make({n: source}), {
+                m: "not correct" if m == n else "not attempted" for m in found})
+    return subs
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_exercise_has_a_wrong_answer_case(path):
+    found = exercises(load(path))
+    cases = classroom_cases.WRONG.get(path.stem, {})
+    assert sorted(cases) == sorted(found), (
+        f"tests/classroom_cases.py: WRONG[{path.stem!r}] covers exercises {sorted(cases)}, "
+        f"the notebook has {sorted(found)}")
 
 
 @pytest.mark.student_run  # deselect with -m "not student_run" (each one executes a notebook)
 class _StudentRun:
-    """One nbclient run of a notebook's student edition (see the module docstring)."""
+    """One run of a notebook's student edition through scripts/grade.py (see the module docstring)."""
 
     path: Path
 
-    def test_runs_unanswered_and_each_pasted_solution_passes(self, tmp_path):
-        nb, roles = _proof_notebook(self.path)
-        # Cells tagged raises-exception may raise (nbclient honours the tag); any other error
-        # fails here with the cell's traceback. The kernel runs in a temporary folder, so files a
-        # notebook writes cannot collide with nbval's run of the same notebook on another worker.
-        NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", record_timing=False,
-                       resources={"metadata": {"path": str(tmp_path)}}).execute()
-        for index, (role, n) in roles.items():
-            text = stdout(nb.cells[index])
-            expected = (CORRECT if role == "pasted" else NOT_ATTEMPTED).format(n=n)
-            assert expected in text, f"{role} cell of Exercise {n} printed {text!r}"
+    def test_grades_right_wrong_and_gaming_submissions_and_runs_unanswered(self, tmp_path):
+        subs = submissions_for(self.path)
+        grades, nb = grade_notebook(self.path, {k: v[0] for k, v in subs.items()}, tmp_path,
+                                    timeout=ANSWER_TIMEOUT, kernel_timeout=CELL_TIMEOUT)
+        # Run All with nothing answered works: no error outside raises-exception cells, and each
+        # (unanswered) answer cell of the run itself says "not attempted".
         for cell in nb.cells:
             if cell.cell_type == "code" and "raises-exception" not in tags(cell):
                 assert all(o.output_type != "error" for o in cell.outputs), cell.source[:200]
-        assert sum(role == "pasted" for role, _ in roles.values()) == len(exercises(load(self.path)))
+        for n, e in exercises(nb).items():
+            assert NOT_ATTEMPTED.format(n=n) in stdout(nb.cells[e["answer"][0]])
+        problems = []
+        for who, (_, expected) in subs.items():
+            for n, want in expected.items():
+                got = grades[who][n]
+                ok = (got["status"] != "correct" if want == "not correct" else got["status"] == want)
+                if want == "wrong" and ok:  # a wrong answer gets a hint, and not the check's bare assert
+                    ok = bool(got["message"]) and "has no hint" not in got["message"]
+                if not ok:
+                    problems.append(f"{who}, Exercise {n}: expected {want}, got {got}")
+        assert not problems, "\n".join(problems)
 
 
 # One test class per notebook, so that pytest-xdist (--dist loadscope) can run the notebooks'
