@@ -6,6 +6,10 @@ One concept per module:
   ``LoRALinearFunction``, its forward and hand-written backward pass.
 - ``dora``: ``DoRALinear`` (``LoRALinear(..., use_dora=True)``), DoRA's row norms without the
   ``(out, in)`` matrix, and its forward/backward pass. ``pissa``: PiSSA's SVD initialisation.
+- ``embedding``, ``conv``, ``attention``: LoRA beyond ``nn.Linear`` (``LoRAEmbedding``,
+  ``LoRAConv1d``/``LoRAConv2d``, ``LoRAFusedLinear``, ``LoRAMultiheadAttention``), in PEFT's
+  layouts; each registers its builder in ``inject.LORA_WRAPPERS``. ``lora_layer``: ``LoRALayer``,
+  the protocol every LoRA wrapper follows (what the core uses instead of a list of types).
 - ``optimizers``: ``create_loraplus_optimizer`` (LoRA+: a larger learning rate for B).
 - ``inject``: ``apply_lora`` and friends: put LoRA into a model by name, freeze, merge, unload;
   ``LORA_WRAPPERS``, the layer type → wrapper table where new layer types plug in.
@@ -41,9 +45,13 @@ from .inject import (
     merge_lora,
     unmerge_lora,
 )
+from .attention import LoRAFusedLinear, LoRAMultiheadAttention
+from .conv import LoRAConv1d, LoRAConv2d
+from .embedding import LoRAEmbedding
 from .data import TASKS, DigitsSplit, TaskSplit, few_label_split, load_digits_split, make_task
 from .dora import DoRALinear, DoRALinearFunction
 from .layers import LoRALinear, LoRALinearFunction
+from .lora_layer import LoRALayer
 from .models import (MLP, CharGPT, MultiHeadSelfAttention, TinyTransformerClassifier, TransformerBlock,
                      generate, generate_text)
 from .optimizers import create_loraplus_optimizer

@@ -144,6 +144,9 @@ class DoRALinear(LoRALinear):
     Shapes: input ``(..., in_features)`` → output ``(..., out_features)``.
     """
 
+    lora_parameter_names = ("lora_A", "lora_B", "lora_magnitude_vector")
+    peft_tensor_names = {**LoRALinear.peft_tensor_names, "lora_magnitude_vector": "lora_magnitude_vector"}
+
     use_dora = True
 
     def __init__(self, base: nn.Linear, r: int = 8, lora_alpha: float = 8, lora_dropout: float = 0.0,

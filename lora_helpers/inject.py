@@ -10,8 +10,12 @@ regular expression that must match the whole qualified name (``re.fullmatch``):
 
 **Extension point: which wrapper adapts which layer.** ``LORA_WRAPPERS`` maps a layer type to a
 function ``build(module, **lora_kwargs) -> wrapped module``, like PEFT's dispatchers. Today it
-holds ``nn.Linear → LoRALinear`` (``DoRALinear`` with ``use_dora=True``). To adapt another type
-(``nn.Embedding``, ``nn.Conv2d``), write its wrapper in a new module and add one entry,
+holds ``nn.Linear → LoRALinear`` (``DoRALinear`` with ``use_dora=True``); the modules
+``embedding``, ``conv`` and ``attention`` add ``nn.Embedding``, ``nn.Conv1d``/``nn.Conv2d`` and
+``nn.MultiheadAttention`` the same way, when the package is imported. To adapt another type,
+write its wrapper in a new module as a subclass of ``lora_helpers.lora_layer.LoRALayer`` (the
+protocol everything below uses: ``merged``, ``disabled``, ``merge()``, ``unmerge()``,
+``delta_weights()``, ``lora_parameter_names``) and add one entry,
 ``LORA_WRAPPERS[nn.Embedding] = build_embedding``; ``apply_lora``'s matching, checks and rollback
 then apply to it unchanged. A layer that is not a subclass of a key but behaves like one names
 it in the class attribute ``lora_base_kind`` (QLoRA's ``NF4Linear`` sets
@@ -29,6 +33,7 @@ from torch import nn
 from ._modules import attention_out_projs, replace_with_rollback, set_submodule, target_matcher
 from .dora import DoRALinear
 from .layers import LoRALinear, is_mergeable
+from .lora_layer import LoRALayer
 
 __all__ = [
     "apply_lora",
@@ -57,7 +62,7 @@ LORA_WRAPPERS: dict[type[nn.Module], Callable[..., nn.Module]] = {nn.Linear: _wr
 
 def wrapper_for(module: nn.Module) -> Callable[..., nn.Module] | None:
     """The ``LORA_WRAPPERS`` entry for ``module``'s type (or its ``lora_base_kind``), or None."""
-    if isinstance(module, LoRALinear):
+    if isinstance(module, LoRALayer):
         return None
     kind = getattr(type(module), "lora_base_kind", None)
     for base_type, build in LORA_WRAPPERS.items():
@@ -66,16 +71,16 @@ def wrapper_for(module: nn.Module) -> Callable[..., nn.Module] | None:
     return None
 
 
-def lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
-    """Return ``(qualified name, layer)`` for every ``LoRALinear`` in ``model``."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
+def lora_layers(model: nn.Module) -> list[tuple[str, LoRALayer]]:
+    """Return ``(qualified name, layer)`` for every LoRA layer (a ``LoRALayer``) in ``model``."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, LoRALayer)]
 
 
-def require_lora(model: nn.Module) -> list[tuple[str, LoRALinear]]:
+def require_lora(model: nn.Module) -> list[tuple[str, LoRALayer]]:
     """``lora_layers(model)``, or a ``ValueError`` saying to call ``apply_lora`` if there is none."""
     layers = lora_layers(model)
     if not layers:
-        raise ValueError("the model has no LoRALinear layers; call apply_lora(model, "
+        raise ValueError("the model has no LoRALinear layers (nor other LoRA layers); call apply_lora(model, "
                          "target_modules=[...]) first")
     return layers
 
@@ -89,11 +94,11 @@ def _choose_targets(model: nn.Module, target_modules: str | Iterable[str]) -> li
     for name, module in model.named_modules():
         if name in inside_lora:
             continue
-        if wrapper_for(module) is not None:
+        if wrapper_for(module) is _wrap_linear:  # the hint lists linear layers (as notebook 03 shows)
             adaptable.append(name)
         if not any(match(name, t) for t in targets):
             continue
-        if isinstance(module, LoRALinear):
+        if isinstance(module, LoRALayer):
             raise ValueError(f"module '{name}' already has LoRA; apply_lora once per layer "
                              "(or merge_and_unload(model) first)")
         if name in out_projs:
@@ -170,7 +175,8 @@ def apply_lora(
 
 
 def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> None:
-    """Freeze every parameter except LoRA's ``lora_A`` and ``lora_B`` (and DoRA's magnitude).
+    """Freeze every parameter except each LoRA layer's ``lora_parameter_names`` (``lora_A`` and
+    ``lora_B``, DoRA's magnitude, an embedding's ``lora_embedding_A``/``B``).
 
     Args:
         bias: ``"none"`` keeps every bias frozen; ``"all"`` trains every bias in the model;
@@ -181,9 +187,9 @@ def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> None:
     layers = require_lora(model)
     model.requires_grad_(False)
     for _, layer in layers:
-        for param in layer.parameters(recurse=False):  # lora_A, lora_B (and DoRA's magnitude)
-            param.requires_grad_(True)
-        if bias == "lora_only" and layer.base.bias is not None:
+        for pname in layer.lora_parameter_names:  # lora_A, lora_B (and DoRA's magnitude), ...
+            getattr(layer, pname).requires_grad_(True)
+        if bias == "lora_only" and getattr(layer.base, "bias", None) is not None:
             layer.base.bias.requires_grad_(True)
     if bias == "all":
         for name, param in model.named_parameters():
@@ -200,7 +206,8 @@ def merge_lora(model: nn.Module) -> None:
                          "the adapters unmerged, or call lora_helpers.dequantize_model(model) "
                          "first and merge exactly. No weight was changed")
     with torch.no_grad():
-        bad = [name for name, layer in unmerged if not layer.delta_weight().isfinite().all()]
+        bad = [name for name, layer in unmerged
+               if not all(d.isfinite().all() for d in layer.delta_weights())]
     if bad:
         raise ValueError(f"refusing to merge: the LoRA update of {bad} contains NaN or inf; "
                          "no weight was changed")
@@ -216,13 +223,13 @@ def unmerge_lora(model: nn.Module) -> None:
 
 
 def merge_and_unload(model: nn.Module) -> nn.Module:
-    """Merge every LoRA layer and replace it by its plain ``nn.Linear`` holding ``W0 + ΔW``.
+    """Merge every LoRA layer and replace it by its plain base layer holding ``W0 + ΔW``.
 
-    Returns the model (a plain ``nn.Linear`` if ``model`` itself was a ``LoRALinear``). The
+    Returns the model (the base layer if ``model`` itself was a LoRA layer). The
     result has no LoRA left: use it for deployment, where it costs no extra latency (paper §4.1).
     """
     merge_lora(model)
-    if isinstance(model, LoRALinear):
+    if isinstance(model, LoRALayer):
         return model.base
     for name, layer in lora_layers(model):
         set_submodule(model, name, layer.base)

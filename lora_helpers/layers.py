@@ -29,6 +29,7 @@ from torch import nn
 
 from ._checks import check_lora_arguments
 from .lora_function import LoRALinearFunction
+from .lora_layer import LoRALayer
 from .pissa import pissa_factors
 
 __all__ = ["LoRALinear", "LoRALinearFunction"]
@@ -38,7 +39,7 @@ def is_mergeable(base: nn.Module) -> bool:
     return getattr(base, "mergeable", True)
 
 
-class LoRALinear(nn.Module):
+class LoRALinear(LoRALayer):
     """Wrap a frozen linear layer with a LoRA update ``ΔW = scaling · lora_B @ lora_A``.
 
     Args:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .inject import lora_layers
-from .layers import LoRALinear
+from .lora_layer import LoRALayer
 from .peft_keys import (CONFIG_NAME, HEADS, PREFIX, TASK_TYPES, WEIGHTS_NAME, is_bias, resolve,
                         safetensors_module, targeted)
 
@@ -25,7 +25,7 @@ def _number(value: numbers.Real) -> int | float:
 
 
 
-def _one_value(layers: list[tuple[str, LoRALinear]], field: str, get) -> object:
+def _one_value(layers: list[tuple[str, LoRALayer]], field: str, get) -> object:
     values = {name: get(layer) for name, layer in layers}
     if len(set(values.values())) > 1:
         raise ValueError(f"PEFT's adapter_config.json has one {field} for all layers, but the "
@@ -34,15 +34,16 @@ def _one_value(layers: list[tuple[str, LoRALinear]], field: str, get) -> object:
 
 
 
-def _dropout(layer: LoRALinear) -> float:
-    return layer.lora_dropout.p if isinstance(layer.lora_dropout, nn.Dropout) else 0.0
+def _dropout(layer: LoRALayer) -> float:
+    dropout = getattr(layer, "lora_dropout", None)  # LoRAEmbedding has none
+    return dropout.p if isinstance(dropout, nn.Dropout) else 0.0
 
 
 
 def _target_modules(model: nn.Module, paths: list[str]) -> list[str] | str:
     """The simplest ``target_modules`` with which PEFT's rule picks exactly ``paths``: short names
     (``["q_proj", "v_proj"]``), else the full paths, else a regex matching only those paths."""
-    inside = tuple(p + "." for p in paths)  # LoRALinear's own children (base, lora_dropout)
+    inside = tuple(p + "." for p in paths)  # the LoRA layers' own children (base, lora_dropout)
     names = [n for n, _ in model.named_modules() if not n.startswith(inside)]
     for targets in (sorted({p.rpartition(".")[2] for p in paths}), sorted(paths)):
         if {n for n in names if targeted({"target_modules": targets}, n)} == set(paths):
@@ -58,7 +59,7 @@ def _patterns(paths: list[str], values: dict[str, object], default: object) -> d
 
 
 
-def _extras(model: nn.Module, layers: list[tuple[str, LoRALinear]],
+def _extras(model: nn.Module, layers: list[tuple[str, LoRALayer]],
             task_type: str | None) -> tuple[str, list[str], dict[str, torch.Tensor]]:
     """What besides LoRA a PEFT file must hold: ``(bias mode, modules_to_save, tensors)``.
 
@@ -69,8 +70,7 @@ def _extras(model: nn.Module, layers: list[tuple[str, LoRALinear]],
     keyed ``<module path>.<name>`` (PEFT strips its ``modules_to_save.default``).
     """
     adapted = {name for name, _ in layers}
-    lora_names = {f"{n}.{p}" for n, layer in layers for p, _ in layer.named_parameters()
-                  if p.startswith(("lora_A", "lora_B", "lora_magnitude_vector"))}
+    lora_names = {f"{n}.{p}" for n, layer in layers for p in layer.lora_parameter_names}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad and n not in lora_names}
     owners = {n.rpartition(".")[0] for n in trainable if not is_bias(n)}
     owners |= {n for n, _ in model.named_modules() if task_type in HEADS and n
@@ -98,7 +98,7 @@ def _extras(model: nn.Module, layers: list[tuple[str, LoRALinear]],
 
 
 
-def _init_value(layers: list[tuple[str, LoRALinear]]) -> bool | str:
+def _init_value(layers: list[tuple[str, LoRALayer]]) -> bool | str:
     """``"pissa"`` if every layer was initialised by PiSSA, True if none was; mixed is refused.
 
     PiSSA is part of the model, not only of A and B: PEFT re-runs the SVD on the base weights
@@ -123,7 +123,9 @@ def save_peft_adapter(model: nn.Module, save_directory: str | Path,
     model from the same base model, and so does ``load_peft_adapter``.
 
     Args:
-        model: a model with ``LoRALinear`` layers (``apply_lora``). Its module paths become the
+        model: a model with LoRA layers (``apply_lora``): linear (DoRA too), embedding and
+            conv layers; fused-projection and ``nn.MultiheadAttention`` layers are refused
+            (each layer's ``peft_problem()`` says why). Its module paths become the
             tensor keys, so save from the model as it will be given to PEFT (e.g. the whole
             ``LlamaForCausalLM``, not its ``.model``).
         save_directory: created if needed; the two files in it are overwritten.
@@ -149,16 +151,20 @@ def save_peft_adapter(model: nn.Module, save_directory: str | Path,
     config has one value for all of them.
     """
     layers = lora_layers(model)
+    problems = {name: layer.peft_problem() for name, layer in layers if layer.peft_problem()}
+    if problems:
+        raise ValueError("save_peft_adapter cannot write " + "; ".join(
+            f"'{name}': {why}" for name, why in problems.items()))
     if not layers:
-        raise ValueError("the model has no LoRALinear layers to save; call apply_lora(model, "
+        raise ValueError("the model has no LoRALinear layers (nor other LoRA layers) to save; call apply_lora(model, "
                          "target_modules=[...]) first")
     if "" in dict(layers):
-        raise ValueError("the model itself is a LoRALinear; PEFT's keys need a module path: "
+        raise ValueError("the model itself is a LoRALinear (or another LoRA layer); PEFT's keys need a module path: "
                          "save a model that contains it, e.g. nn.Sequential(layer)")
     if task_type is not None and task_type not in TASK_TYPES:
         raise ValueError(f"task_type={task_type!r} is not one of PEFT's {TASK_TYPES} (or None)")
     config, extra = _config(model, layers, base_model_name_or_path, task_type)
-    tensors = _tensors(layers, config["use_dora"], extra)
+    tensors = _tensors(layers, extra)
     directory = Path(save_directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True),
@@ -167,7 +173,7 @@ def save_peft_adapter(model: nn.Module, save_directory: str | Path,
     return config
 
 
-def _config(model: nn.Module, layers: list[tuple[str, LoRALinear]], base_model_name_or_path: str | None,
+def _config(model: nn.Module, layers: list[tuple[str, LoRALayer]], base_model_name_or_path: str | None,
             task_type: str | None) -> tuple[dict, dict[str, torch.Tensor]]:
     """PEFT's config for ``layers`` and the extra tensors (biases, ``modules_to_save``)."""
     dropout = _one_value(layers, "lora_dropout", _dropout)
@@ -197,16 +203,15 @@ def _config(model: nn.Module, layers: list[tuple[str, LoRALinear]], base_model_n
     return config, extra
 
 
-def _tensors(layers: list[tuple[str, LoRALinear]], use_dora: bool,
+def _tensors(layers: list[tuple[str, LoRALayer]],
              extra: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """PEFT's tensor keys → contiguous CPU tensors: A ``(r, in)``, B ``(out, r)``, DoRA's m ``(out,)``."""
     tensors = {}
     for name, layer in layers:
         key = f"{PREFIX}{name}"
-        tensors[f"{key}.lora_A.weight"] = layer.lora_A.detach().cpu().contiguous()  # (r, in)
-        tensors[f"{key}.lora_B.weight"] = layer.lora_B.detach().cpu().contiguous()  # (out, r)
-        if use_dora:
-            tensors[f"{key}.lora_magnitude_vector"] = (
-                layer.lora_magnitude_vector.detach().cpu().contiguous())  # (out,)
+        # lora_A.weight (r, in[, k..]), lora_B.weight (out, r[, 1..]), DoRA's lora_magnitude_vector
+        # (out,), an embedding's bare lora_embedding_A (r, n) / lora_embedding_B (d, r)
+        for ours, peft_key in layer.peft_tensor_names.items():
+            tensors[f"{key}.{peft_key}"] = getattr(layer, ours).detach().cpu().contiguous()
     tensors.update({PREFIX + k: v.detach().cpu().contiguous() for k, v in extra.items()})
     return tensors

@@ -16,8 +16,9 @@ __all__ = ["lora_state_dict", "load_lora_state_dict", "checkpoint_bytes"]
 def _adapter_parameters(model: nn.Module, bias: str) -> dict[str, nn.Parameter]:
     """The parameters an adapter file holds, keyed like ``model.state_dict()``.
 
-    Always ``"<path>.lora_A"`` and ``"<path>.lora_B"``; for DoRA layers also
-    ``"<path>.lora_magnitude_vector"`` (PEFT's name); with ``bias="lora_only"`` also the biases
+    ``"<path>.<name>"`` for each of the layer's ``lora_parameter_names``: ``lora_A`` and
+    ``lora_B``; for DoRA layers also ``lora_magnitude_vector`` (PEFT's name); for embeddings
+    ``lora_embedding_A``/``lora_embedding_B``; with ``bias="lora_only"`` also the biases
     of the adapted layers (``"<path>.base.bias"``); with ``bias="all"`` every bias in the model
     (loralib's modes, matching ``mark_only_lora_as_trainable``).
     """
@@ -26,11 +27,9 @@ def _adapter_parameters(model: nn.Module, bias: str) -> dict[str, nn.Parameter]:
     params = {}
     for name, layer in require_lora(model):
         prefix = f"{name}." if name else ""
-        params[prefix + "lora_A"] = layer.lora_A  # (r, in)
-        params[prefix + "lora_B"] = layer.lora_B  # (out, r)
-        if layer.use_dora:
-            params[prefix + "lora_magnitude_vector"] = layer.lora_magnitude_vector  # (out,)
-        if bias == "lora_only" and layer.base.bias is not None:
+        for pname in layer.lora_parameter_names:  # lora_A (r, in), lora_B (out, r), DoRA's m, ...
+            params[prefix + pname] = getattr(layer, pname)
+        if bias == "lora_only" and getattr(layer.base, "bias", None) is not None:
             params[prefix + "base.bias"] = layer.base.bias  # (out,)
     if bias == "all":
         params.update((n, p) for n, p in model.named_parameters()

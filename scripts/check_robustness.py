@@ -42,7 +42,7 @@ from conftest import NOTEBOOK_ENV  # noqa: E402  (the tests' kernel environment)
 
 DEFAULT_NOTEBOOKS = ["03_implementation", "04_visualization", "05_applications",
                      "06_understanding_low_rank_updates", "07_lora_on_a_language_model",
-                     "08_lora_variants"]
+                     "08_lora_variants", "10_lora_beyond_linear"]
 TAG = "parameters"
 
 

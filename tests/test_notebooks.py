@@ -23,6 +23,7 @@ EXPECTED = [
     "07_lora_on_a_language_model.ipynb",
     "08_lora_variants.ipynb",
     "09_peft_and_scaling.ipynb",
+    "10_lora_beyond_linear.ipynb",
 ]
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 MAX_BYTES = 1_500_000       # one notebook
@@ -129,7 +130,7 @@ class TestNotebook:
 
 ROBUST = ["03_implementation.ipynb", "04_visualization.ipynb", "05_applications.ipynb",
           "06_understanding_low_rank_updates.ipynb", "07_lora_on_a_language_model.ipynb",
-          "08_lora_variants.ipynb"]
+          "08_lora_variants.ipynb", "10_lora_beyond_linear.ipynb"]
 
 
 def _robustness_script():

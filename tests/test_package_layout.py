@@ -5,7 +5,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lora_helpers"
-CORE = ("layers", "lora_function", "dora", "pissa", "inject", "_modules", "_checks")
+CORE = ("layers", "lora_function", "dora", "pissa", "inject", "_modules", "_checks", "lora_layer")
+LAYER_TYPES = ("embedding", "conv", "attention")  # plug in through inject.LORA_WRAPPERS
 
 
 def imports(module):
@@ -23,3 +24,16 @@ def test_no_private_names_cross_modules():
     crossing = [(path.stem, m, name) for path in PACKAGE.glob("*.py")
                 for m, name in imports(path.stem) if name.startswith("_")]
     assert crossing == []
+
+
+def test_the_core_does_not_import_the_other_layer_types():
+    for module in CORE:
+        assert not [m for m, _ in imports(module) if m in LAYER_TYPES], module
+
+
+def test_the_core_and_state_name_no_layer_class():
+    """lora_layers, merge, state dicts and the PEFT writer use LoRALayer's protocol, not a type list."""
+    for module in CORE + ("state", "peft_save"):
+        names = {name for _, name in imports(module)}
+        assert not names & {"LoRAEmbedding", "LoRAConv1d", "LoRAConv2d", "LoRAFusedLinear",
+                            "LoRAMultiheadAttention"}, module
