@@ -210,6 +210,20 @@ WRONG = {
             "    return weight + (lora_B @ lora_A).T   # the scaling forgotten\n"
             "\ncheck_exercise_3(merge_conv1d)\n"],
     },
+    "10_lora_beyond_linear": {
+        1: ["def conv_lora_forward(x, base, lora_A, lora_B, scaling):\n"
+            "    h = F.conv2d(x, lora_A, stride=base.stride, padding=base.padding, dilation=base.dilation)\n"
+            "    return base(x) + F.conv2d(h, lora_B)   # the scaling forgotten\n"
+            "\ncheck_exercise_1(conv_lora_forward)\n"],
+        2: ["answer_2 = 8 * (320 + 320)   # the kernel's k² forgotten\ncheck_exercise_2(answer_2)\n",
+            "answer_2 = 320 * 320 * 3 * 3   # the conv's weight, not the adapter\ncheck_exercise_2(answer_2)\n"],
+        3: ["def embedding_delta(lora_embedding_A, lora_embedding_B, scaling):\n"
+            "    return scaling * (lora_embedding_B @ lora_embedding_A)   # (d, n), not transposed\n"
+            "\ncheck_exercise_3(embedding_delta)\n",
+            "def embedding_delta(lora_embedding_A, lora_embedding_B, scaling):\n"
+            "    return (lora_embedding_B @ lora_embedding_A).T   # the scaling forgotten\n"
+            "\ncheck_exercise_3(embedding_delta)\n"],
+    },
 }
 
 # Gaming templates, filled in per exercise: {n} the number, {name} the name the answer cell
