@@ -322,10 +322,12 @@ def test_wrong_layer_types_are_named(tmp_path):
             self.weight = nn.Parameter(torch.randn(nx, nf))
 
     directory = saved(tmp_path, target_modules=["q_proj"])
-    for module, message in [(nn.Embedding(8, 8), "Embedding: embedding LoRA"),
-                            (nn.Conv1d(8, 8, 1), "Conv1d: convolution LoRA"),
-                            (Conv1D(8, 8), r"transformers Conv1D .* nn.Linear holding weight.T"),
-                            (nn.Sequential(nn.Linear(8, 8)), "Sequential, not an nn.Linear")]:
+    for module, message in [
+            (nn.Embedding(8, 8), "'0.q_proj' is an nn.Embedding, whose PEFT keys are lora_embedding_A"),
+            (nn.Conv1d(8, 8, 1), r"lora_A.weight has shape \(2, 8\), expected \(2, 8, 1\)"),
+            (Conv1D(8, 8), r"transformers Conv1D .* nn.Linear holding weight.T"),
+            (nn.Conv3d(8, 8, 1), "is a Conv3d: LoRA from a PEFT file goes onto nn.Linear, nn.Embedding"),
+            (nn.Sequential(nn.Linear(8, 8)), "is a Sequential: LoRA from a PEFT file goes onto")]:
         model = make_base()
         model[0].q_proj = module
         with pytest.raises(ValueError, match=message):
