@@ -21,8 +21,14 @@ Besides LoRA's tensors, trained biases (``bias``: ``"lora_only"``/``"all"``) and
 (``modules_to_save``, e.g. a classifier head) are written and read with PEFT's keys, and PiSSA
 (``init_lora_weights: "pissa"``), whose SVD is redone on the base model at load time, as PEFT does.
 
-The code is in three modules: ``peft_keys`` (file names, config fields, PEFT's matching
-rules), ``peft_save`` and ``peft_load``; this one re-exports their public names.
+Embedding LoRA (``lora_embedding_A`` ``(r, num_embeddings)``, ``lora_embedding_B``
+``(embedding_dim, r)``) and ``Conv1d``/``Conv2d`` LoRA (``lora_A.weight`` ``(r, c_in, *kernel)``,
+``lora_B.weight`` ``(c_out, r, 1, ...)``) are written and read in PEFT's layout too.
+
+The code is in ``peft_keys`` (file names, config fields, PEFT's matching rules), ``peft_save``
+and ``peft_load``, which reads through two private modules: ``_peft_read`` (the config and the
+tensors) and ``_peft_layers`` (per layer type: keys, shapes, refusals, wrapper arguments); this
+one re-exports the public names.
 
 Loading is strict: a config field this package does not implement, set to anything but its
 "off" value, is refused with a ``ValueError`` that names the field and the value, and so is any

@@ -391,3 +391,119 @@ def test_apply_lora_rolls_back_when_a_new_layer_type_refuses():
     assert type(model.embed) is nn.Embedding and type(model.conv) is nn.Conv1d
     assert all(p.requires_grad for p in model.parameters())
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+class _Stack(nn.Module):
+    """ids (b, T) → embed_tokens (b, T, 6) → conv1 (b, 5, ⌈T/2⌉) → conv2 (b, 4, ⌈T/2⌉, 2) → head (b, 3)."""
+
+    def __init__(self, vocab=11, kernel=(3, 2), dilation=1):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(vocab, 6)
+        self.conv1 = nn.Conv1d(6, 5, 3, stride=2, padding=1, dilation=dilation)
+        self.conv2 = nn.Conv2d(5, 4, kernel, stride=(1, 2), padding=(1, 0))
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, ids):
+        h = self.conv1(self.embed_tokens(ids).transpose(1, 2))  # (b, 5, L)
+        h = self.conv2(h.unsqueeze(-1).expand(-1, -1, -1, 4))  # (b, 4, L', 2)
+        return self.head(h.mean((-1, -2)))
+
+
+def _grouped() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(4, 4, 3, groups=2))
+
+
+def _peft_saved(directory, base: nn.Module, **kw) -> nn.Module:
+    """PEFT's model of ``base`` with every trainable tensor random (B ≠ 0), saved by PEFT."""
+    kw = {"r": 2, "lora_alpha": 4, "target_modules": ["embed_tokens", "conv1", "conv2", "head"], **kw}
+    theirs = _peft(copy.deepcopy(base), kw.pop("target_modules"), **kw)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            if p.requires_grad:  # lora_A/B, lora_embedding_A/B, and biases with bias != "none"
+                p.normal_(std=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Setting save_embedding_layers to True ..."
+        theirs.save_pretrained(directory)
+    return theirs.eval()
+
+
+@pytest.mark.parametrize("kw, ranks", [
+    ({"target_modules": ["embed_tokens"]}, {"embed_tokens": 2}),
+    ({"target_modules": ["conv1"], "lora_dropout": 0.1}, {"conv1": 2}),
+    ({"target_modules": ["conv2"], "use_rslora": True}, {"conv2": 2}),
+    ({"rank_pattern": {"conv2": 3, "embed_tokens": 4}, "alpha_pattern": {"head": 8, "conv1": 1},
+      "use_rslora": True, "lora_dropout": 0.1, "bias": "lora_only"},
+     {"embed_tokens": 4, "conv1": 2, "conv2": 3, "head": 2}),
+    ({"target_modules": ["embed_tokens", "head"], "init_lora_weights": "pissa"},  # PiSSA: head only
+     {"embed_tokens": 2, "head": 2}),
+], ids=["embedding", "conv1d", "conv2d", "mixed-patterns-rslora-bias", "pissa-with-embedding"])
+def test_load_peft_adapter_reads_peft_embedding_and_conv_files(tmp_path, kw, ranks):
+    from lora_helpers import load_peft_adapter, lora_layers
+
+    torch.manual_seed(0)
+    base = _Stack()
+    theirs = _peft_saved(tmp_path, base, **kw)
+    ours = load_peft_adapter(copy.deepcopy(base), tmp_path).eval()
+    assert {n: layer.r for n, layer in lora_layers(ours)} == ranks
+    ids = torch.randint(0, 11, (3, 7))
+    with torch.no_grad():
+        out = ours(ids)
+        assert (out - theirs(ids)).abs().max() <= 1e-5
+        assert (out - base(ids)).abs().max() > 1e-2  # the adapter changes the output
+    trainable = [sum(p.numel() for p in m.parameters() if p.requires_grad) for m in (ours, theirs)]
+    assert trainable[0] == trainable[1]
+
+
+def test_load_peft_adapter_round_trips_embedding_and_conv_here_and_to_peft(tmp_path):
+    from lora_helpers import apply_lora, load_peft_adapter, save_peft_adapter
+
+    torch.manual_seed(0)
+    base = _Stack()
+    ours = apply_lora(copy.deepcopy(base), ["embed_tokens", "conv1", "conv2", "head"], r=2,
+                      lora_alpha=3, use_rslora=True)
+    with torch.no_grad():
+        for p in ours.parameters():
+            if p.requires_grad:
+                p.normal_(std=0.5)
+    save_peft_adapter(ours, tmp_path)
+    loaded = load_peft_adapter(copy.deepcopy(base), tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path).eval()
+    ids = torch.randint(0, 11, (3, 7))
+    with torch.no_grad():
+        out = ours(ids)
+        assert (out - base(ids)).abs().max() > 1e-2
+        assert (loaded(ids) - out).abs().max() <= 1e-5
+        assert (theirs(ids) - out).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("saved_from, kw, load_into, message", [
+    (_Stack, {"target_modules": ["conv2"]}, lambda: _Stack(kernel=(3, 3)),
+     r"conv2.lora_A.weight has shape \(2, 5, 3, 2\), expected \(2, 5, 3, 3\) .*kernel_size=\(3, 3\)"),
+    (_Stack, {"target_modules": ["embed_tokens"]}, lambda: _Stack(vocab=12),
+     r"lora_embedding_A has shape \(2, 11\), expected \(2, 12\) .*num_embeddings=12"),
+    (_Stack, {"target_modules": ["conv1", "head"], "use_dora": True}, _Stack,
+     r"'conv1' \(Conv1d\) is an nn.Conv1d and the config has use_dora=true: DoRA is implemented "
+     r"here for nn.Linear only"),
+    (_Stack, {"target_modules": ["embed_tokens"], "use_dora": True}, _Stack,
+     "'embed_tokens' .* use_dora=true: DoRA is implemented here for nn.Linear only"),
+    (_grouped, {"target_modules": ["0"]}, _grouped,
+     r"'0' \(Conv2d\) is an nn.Conv2d with groups=2: PEFT gives it a grouped 1×1 lora_B"),
+    (_Stack, {"target_modules": ["conv1"]}, lambda: _Stack(dilation=2),
+     r"'conv1' .* dilation=\(2,\) .*PEFT 0.21.2 builds its lora_A without them"),
+    (_Stack, {"target_modules": ["embed_tokens"], "r": 8}, _Stack,
+     r"r=8 .*above min\(num_embeddings, embedding_dim\) = 6"),
+], ids=["conv-kernel", "embedding-table", "dora-conv", "dora-embedding", "groups", "dilation",
+        "embedding-rank"])
+def test_load_peft_adapter_refuses_what_does_not_fit_and_changes_nothing(
+        tmp_path, saved_from, kw, load_into, message):
+    from lora_helpers import load_peft_adapter, lora_layers
+
+    torch.manual_seed(0)
+    _peft_saved(tmp_path, saved_from(), **kw)
+    model = load_into()
+    with pytest.raises(ValueError, match=message):
+        load_peft_adapter(model, tmp_path)
+    assert not lora_layers(model) and all(p.requires_grad for p in model.parameters())

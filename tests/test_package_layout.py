@@ -32,8 +32,9 @@ def test_the_core_does_not_import_the_other_layer_types():
 
 
 def test_the_core_and_state_name_no_layer_class():
-    """lora_layers, merge, state dicts and the PEFT writer use LoRALayer's protocol, not a type list."""
-    for module in CORE + ("state", "peft_save"):
+    """lora_layers, merge, state dicts and the PEFT writer and reader use LoRALayer's protocol (and,
+    for reading, a table of torch base types), not a list of LoRA classes."""
+    for module in CORE + ("state", "peft_save", "peft_load", "_peft_layers", "_peft_read"):
         names = {name for _, name in imports(module)}
         assert not names & {"LoRAEmbedding", "LoRAConv1d", "LoRAConv2d", "LoRAFusedLinear",
                             "LoRAMultiheadAttention"}, module
