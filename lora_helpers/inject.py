@@ -31,9 +31,8 @@ import torch
 from torch import nn
 
 from ._modules import attention_out_projs, replace_with_rollback, set_submodule, target_matcher
-from .dora import DoRALinear
-from .layers import LoRALinear, is_mergeable
-from .lora_layer import LoRALayer
+from .layers import LoRALinear
+from .lora_layer import LoRALayer, is_mergeable
 
 __all__ = [
     "apply_lora",
@@ -52,8 +51,9 @@ BIAS_MODES = ("none", "all", "lora_only")
 
 
 def _wrap_linear(module: nn.Module, use_dora: bool = False, **lora_kwargs) -> LoRALinear:
-    """``nn.Linear`` (or a layer with ``lora_base_kind = nn.Linear``) → ``LoRALinear``/``DoRALinear``."""
-    return (DoRALinear if use_dora else LoRALinear)(module, **lora_kwargs)
+    """``nn.Linear`` (or a layer with ``lora_base_kind = nn.Linear``) → ``LoRALinear`` (its DoRA
+    subclass with ``use_dora=True``, from ``LoRALinear.variants``)."""
+    return LoRALinear(module, use_dora=use_dora, **lora_kwargs)
 
 
 LORA_WRAPPERS: dict[type[nn.Module], Callable[..., nn.Module]] = {nn.Linear: _wrap_linear}
