@@ -209,7 +209,7 @@ class DoRALinear(LoRALinear):
 
         Args: ``x: (..., in_features)``. Returns: ``(..., out_features)``.
         """
-        if (self.training and self.lora_dropout_p > 0) or not self.takes_fast_path(x):
+        if (self.training and self.lora_dropout_p > 0) or not self._fast_path_ok(x):
             return self.forward_autograd(x)
         base = self.base
         x2d = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # (n, in)

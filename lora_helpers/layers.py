@@ -35,6 +35,7 @@ from .pissa import pissa_factors
 
 __all__ = ["LoRALinear", "LoRALinearFunction"]
 
+
 class LoRALinear(LoRALayer):
     """Wrap a frozen linear layer with a LoRA update ``ΔW = scaling · lora_B @ lora_A``.
 
@@ -154,7 +155,7 @@ class LoRALinear(LoRALayer):
         Returns:
             ``(..., out_features)``.
         """
-        if not self.takes_fast_path(x):
+        if not self._fast_path_ok(x):
             return self.forward_autograd(x)
         base = self.base
         x2d = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # (n, in)
@@ -167,7 +168,7 @@ class LoRALinear(LoRALayer):
             out = LoRALinearFunction.forward(*args)[0]  # the same numbers, no autograd: (n, out)
         return out if x.dim() == 2 else out.view(*x.shape[:-1], self.out_features)  # (..., out)
 
-    def takes_fast_path(self, x: torch.Tensor) -> bool:
+    def _fast_path_ok(self, x: torch.Tensor) -> bool:
         """Whether ``forward`` may run the hand-written function (see ``forward``) on ``x``."""
         base = self.base
         return not (self.merged or self.disabled or type(base).forward is not nn.Linear.forward
