@@ -10,18 +10,26 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Mapping, Sequence
+from itertools import cycle, islice
 
 import matplotlib.pyplot as plt
 import numpy as np
-import seaborn as sns
 import torch
 from matplotlib.axes import Axes
+from matplotlib.colors import to_rgb
 
 from ._checks import as_matrix, check_int
 from .rank import Matrix, check_threshold, energy_rank_of_spectrum
 
 __all__ = ["plot_singular_values", "plot_accuracy_vs_parameters"]
 
+
+def _palette(n: int) -> list[tuple[float, float, float]]:
+    """``n`` RGB colours from matplotlib's current colour cycle, repeated as needed (what
+    ``seaborn.color_palette(n_colors=n)`` returns, without importing seaborn and pandas)."""
+    cycler = plt.rcParams["axes.prop_cycle"]
+    colors = cycler.by_key()["color"] if "color" in cycler.keys else [".15"]
+    return [to_rgb(c) for c in islice(cycle(colors), n)]
 
 def _machine_epsilon(w: torch.Tensor | np.ndarray) -> float:
     """The machine epsilon of ``w``'s floating dtype (float64's for integer matrices)."""
@@ -56,7 +64,7 @@ def plot_singular_values(matrices: Mapping[str, Matrix], ax: Axes | None = None,
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 4.5), layout="constrained")
     twin = ax.twinx() if energy else None
-    for (name, s), color in zip(spectra.items(), sns.color_palette(n_colors=len(spectra))):
+    for (name, s), color in zip(spectra.items(), _palette(len(spectra))):
         i = np.arange(1, len(s) + 1)  # 1-based index
         sigma = s.numpy().copy()
         if log:  # leave out numerical zeros, which would stretch the log axis to 1e-30
@@ -167,7 +175,7 @@ def plot_accuracy_vs_parameters(results: Sequence[Mapping[str, object]], ax: Axe
             (trainable, accuracy, std))
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 4.2), layout="constrained")
-    for (name, points), color in zip(series.items(), sns.color_palette(n_colors=len(series))):
+    for (name, points), color in zip(series.items(), _palette(len(series))):
         points = sorted(points, key=lambda p: p[:2])
         xs, ys = [p[0] for p in points], [p[1] for p in points]
         ax.plot(xs, ys, "o-" if len(xs) > 1 else "o", color=color, label=name)
