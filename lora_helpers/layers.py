@@ -63,6 +63,9 @@ class LoRALinear(LoRALayer):
         init_lora_weights: the initialisation last applied (``save_peft_adapter`` writes it).
         weight, bias: read-only views of ``base.weight`` / ``base.bias`` (as in PEFT).
 
+    ``merge()`` (``W0 ← W0 + ΔW``, explicit, refusing NaN/inf) and ``unmerge()`` come from
+    ``LoRALayer``, shared with the other LoRA layers; this class defines what ``ΔW`` is.
+
     Shapes: input ``(..., in_features)`` → output ``(..., out_features)``.
     """
 
