@@ -34,7 +34,7 @@ from torch.func import functional_call
 
 from ._checks import check_int
 from ._lora_args import check_lora_args, dropout_module
-from .inject import LORA_WRAPPERS
+from .inject import LORA_WRAPPERS, plain_lora_builder
 from .lora_layer import LoRALayer
 
 __all__ = ["LoRAFusedLinear", "LoRAMultiheadAttention"]
@@ -234,13 +234,5 @@ class LoRAMultiheadAttention(LoRALayer):
         return f"embed_dim={self.embed_dim}, r={self.r}, scaling={self.scaling:g}, merged={self.merged}"
 
 
-def _wrap_multihead_attention(module: nn.MultiheadAttention, use_dora: bool = False,
-                              **lora_kwargs) -> LoRAMultiheadAttention:
-    """``apply_lora``'s builder for ``nn.MultiheadAttention`` (DoRA refused here)."""
-    if use_dora:
-        raise ValueError("use_dora=True is implemented for linear layers only; "
-                         "nn.MultiheadAttention layers take plain LoRA")
-    return LoRAMultiheadAttention(module, **lora_kwargs)
-
-
-LORA_WRAPPERS[nn.MultiheadAttention] = _wrap_multihead_attention
+LORA_WRAPPERS[nn.MultiheadAttention] = plain_lora_builder(LoRAMultiheadAttention,
+                                                          "nn.MultiheadAttention")

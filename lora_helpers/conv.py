@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ._lora_args import check_lora_args, dropout_module
-from .inject import LORA_WRAPPERS
+from .inject import LORA_WRAPPERS, plain_lora_builder
 from .lora_layer import LoRALayer
 
 __all__ = ["LoRAConv1d", "LoRAConv2d"]
@@ -139,15 +139,5 @@ class LoRAConv1d(_LoRAConvNd):
     _conv_fn = staticmethod(nn.functional.conv1d)
 
 
-def _conv_builder(wrapper: type[_LoRAConvNd]):
-    def build(module: nn.Module, use_dora: bool = False, **lora_kwargs) -> _LoRAConvNd:
-        """``apply_lora``'s builder for this conv type (DoRA refused here)."""
-        if use_dora:
-            raise ValueError("use_dora=True is implemented for linear layers only; conv layers "
-                             "take plain LoRA")
-        return wrapper(module, **lora_kwargs)
-    return build
-
-
-LORA_WRAPPERS[nn.Conv1d] = _conv_builder(LoRAConv1d)
-LORA_WRAPPERS[nn.Conv2d] = _conv_builder(LoRAConv2d)
+LORA_WRAPPERS[nn.Conv1d] = plain_lora_builder(LoRAConv1d, "conv")
+LORA_WRAPPERS[nn.Conv2d] = plain_lora_builder(LoRAConv2d, "conv")

@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._lora_args import check_lora_args
-from .inject import LORA_WRAPPERS
+from .inject import LORA_WRAPPERS, plain_lora_builder
 from .lora_layer import LoRALayer
 
 __all__ = ["LoRAEmbedding"]
@@ -128,12 +128,4 @@ class LoRAEmbedding(LoRALayer):
                 f"r={self.r}, scaling={self.scaling:g}, merged={self.merged}")
 
 
-def _wrap_embedding(module: nn.Embedding, use_dora: bool = False, **lora_kwargs) -> LoRAEmbedding:
-    """``apply_lora``'s builder for ``nn.Embedding`` (DoRA refused: PEFT has none for embeddings)."""
-    if use_dora:
-        raise ValueError("use_dora=True is implemented for linear layers only; nn.Embedding "
-                         "layers take plain LoRA")
-    return LoRAEmbedding(module, **lora_kwargs)
-
-
-LORA_WRAPPERS[nn.Embedding] = _wrap_embedding
+LORA_WRAPPERS[nn.Embedding] = plain_lora_builder(LoRAEmbedding, "nn.Embedding")  # PEFT has no DoRA here

@@ -16,7 +16,8 @@ holds ``nn.Linear → LoRALinear`` (``DoRALinear`` with ``use_dora=True``); the 
 write its wrapper in a new module as a subclass of ``lora_helpers.lora_layer.LoRALayer`` (the
 protocol everything below uses: ``merged``, ``disabled``, ``merge()``, ``unmerge()``,
 ``delta_weights()``, ``lora_parameter_names``) and add one entry,
-``LORA_WRAPPERS[nn.Embedding] = build_embedding``; ``apply_lora``'s matching, checks and rollback
+``LORA_WRAPPERS[nn.Embedding] = build_embedding`` (``plain_lora_builder(LoRAEmbedding,
+"nn.Embedding")`` makes one that refuses DoRA); ``apply_lora``'s matching, checks and rollback
 then apply to it unchanged. A layer that is not a subclass of a key but behaves like one names
 it in the class attribute ``lora_base_kind`` (QLoRA's ``NF4Linear`` sets
 ``lora_base_kind = nn.Linear``), so this module never imports its variants' bases.
@@ -44,6 +45,7 @@ __all__ = [
     "lora_layers",
     "require_lora",
     "LORA_WRAPPERS",
+    "plain_lora_builder",
     "BIAS_MODES",
 ]
 
@@ -58,6 +60,17 @@ def _wrap_linear(module: nn.Module, use_dora: bool = False, **lora_kwargs) -> Lo
 
 LORA_WRAPPERS: dict[type[nn.Module], Callable[..., nn.Module]] = {nn.Linear: _wrap_linear}
 """Layer type → the function that wraps it with LoRA (see the module docstring)."""
+
+
+def plain_lora_builder(wrapper: Callable[..., nn.Module], kind: str) -> Callable[..., nn.Module]:
+    """A ``LORA_WRAPPERS`` entry for a layer type that takes plain LoRA only: ``use_dora=True``
+    is refused, naming ``kind`` (e.g. ``"nn.Embedding"``); the other arguments go to ``wrapper``."""
+    def build(module: nn.Module, use_dora: bool = False, **lora_kwargs) -> nn.Module:
+        if use_dora:
+            raise ValueError(f"use_dora=True is implemented for linear layers only; {kind} layers "
+                             "take plain LoRA")
+        return wrapper(module, **lora_kwargs)
+    return build
 
 
 def wrapper_for(module: nn.Module) -> Callable[..., nn.Module] | None:
