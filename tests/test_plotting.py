@@ -147,10 +147,14 @@ def test_decomposition_colour_scales():
 
 
 def test_decomposition_of_a_merged_layer_shows_the_original_w0():
-    unmerged = [mesh(ax).get_array() for ax in heatmaps(plot_lora_decomposition(lora_layer()))]
-    merged = [mesh(ax).get_array() for ax in heatmaps(plot_lora_decomposition(lora_layer(True)))]
-    for a, b in zip(unmerged, merged):
-        np.testing.assert_allclose(a, b, atol=1e-6)
+    layer = lora_layer()
+    with torch.no_grad():
+        w0, delta = layer.base.weight.clone(), layer.delta_weight()
+        expected = [w0, layer.lora_B, layer.lora_A, delta, w0 + delta]  # the unmerged panels
+        layer.merge()
+        merged = [mesh(ax).get_array() for ax in heatmaps(plot_lora_decomposition(layer))]
+    for shown, matrix in zip(merged, expected, strict=True):
+        np.testing.assert_allclose(shown, matrix.detach().double().numpy(), atol=1e-6)
 
 
 def test_decomposition_of_a_large_layer_is_downsampled():
