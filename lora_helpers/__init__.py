@@ -2,14 +2,16 @@
 
 One concept per module:
 
+- ``lora_layer``: ``LoRALayer``, the protocol every LoRA wrapper follows (what the core uses
+  instead of a list of types) and what they share: ``weight``/``bias``, ``merge``/``unmerge``.
 - ``layers``: ``LoRALinear``, the LoRA layer (rsLoRA as an option); ``lora_function``:
   ``LoRALinearFunction``, its forward and hand-written backward pass.
-- ``dora``: ``DoRALinear`` (``LoRALinear(..., use_dora=True)``), DoRA's row norms without the
-  ``(out, in)`` matrix, and its forward/backward pass. ``pissa``: PiSSA's SVD initialisation.
+- ``dora``: ``DoRALinear`` (``LoRALinear(..., use_dora=True)``, through ``LoRALinear.variants``),
+  DoRA's row norms without the ``(out, in)`` matrix, and its forward/backward pass. ``pissa``:
+  PiSSA's SVD initialisation.
 - ``embedding``, ``conv``, ``attention``: LoRA beyond ``nn.Linear`` (``LoRAEmbedding``,
   ``LoRAConv1d``/``LoRAConv2d``, ``LoRAFusedLinear``, ``LoRAMultiheadAttention``), in PEFT's
-  layouts; each registers its builder in ``inject.LORA_WRAPPERS``. ``lora_layer``: ``LoRALayer``,
-  the protocol every LoRA wrapper follows (what the core uses instead of a list of types).
+  layouts; each registers its builder in ``inject.LORA_WRAPPERS``.
 - ``optimizers``: ``create_loraplus_optimizer`` (LoRA+: a larger learning rate for B).
 - ``inject``: ``apply_lora`` and friends: put LoRA into a model by name, freeze, merge, unload;
   ``LORA_WRAPPERS``, the layer type → wrapper table where new layer types plug in.
@@ -21,10 +23,11 @@ One concept per module:
 - ``params``: parameter counting, PEFT's ``print_trainable_parameters`` line, the paper's count.
 - ``rank``: SVD rank analysis (low-rank approximation, energy/stable/effective rank) and the
   paper's §7 measures (subspace similarity, amplification factor).
-- ``plotting``: weight-matrix heatmaps, the LoRA decomposition as a picture, spectra, φ grids,
-  accuracy against trainable parameters.
-- ``models``: a tiny transformer classifier and a small character GPT (``CharGPT``, causal
-  attention, ``generate``), both with separate ``q_proj``/``k_proj``/``v_proj``/``out_proj``.
+- ``plotting``: pictures of matrices: weight heatmaps, the LoRA decomposition, φ grids.
+  ``charts``: singular-value spectra with their energy, accuracy against trainable parameters.
+- ``models``: a tiny transformer classifier and its blocks, with separate
+  ``q_proj``/``k_proj``/``v_proj``/``out_proj``. ``language_model``: a small character GPT
+  (``CharGPT``, causal attention) and ``generate``/``generate_text``.
 - ``data``: scikit-learn's bundled handwritten digits as tensors, and domain-shifted tasks.
 - ``quantization``: QLoRA's 4-bit NormalFloat (NF4): ``quantize_nf4``, ``NF4Linear``,
   ``quantize_model``.
@@ -52,18 +55,13 @@ from .data import TASKS, DigitsSplit, TaskSplit, few_label_split, load_digits_sp
 from .dora import DoRALinear, DoRALinearFunction
 from .layers import LoRALinear, LoRALinearFunction
 from .lora_layer import LoRALayer
-from .models import (MLP, CharGPT, MultiHeadSelfAttention, TinyTransformerClassifier, TransformerBlock,
-                     generate, generate_text)
+from .models import MLP, MultiHeadSelfAttention, TinyTransformerClassifier, TransformerBlock
+from .language_model import CharGPT, generate, generate_text
 from .optimizers import create_loraplus_optimizer
 from .peft_format import load_peft_adapter, save_peft_adapter
 from .params import count_parameters, lora_parameter_count, print_trainable_parameters
-from .plotting import (
-    plot_accuracy_vs_parameters,
-    plot_heatmap,
-    plot_lora_decomposition,
-    plot_singular_values,
-    plot_subspace_similarity,
-)
+from .plotting import plot_heatmap, plot_lora_decomposition, plot_subspace_similarity
+from .charts import plot_accuracy_vs_parameters, plot_singular_values
 from .rank import (
     amplification_factor,
     effective_rank,

@@ -26,7 +26,6 @@ with the weights ``W0 + ΔW`` substituted (``torch.func.functional_call``).
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -35,7 +34,7 @@ from torch.func import functional_call
 
 from ._checks import check_int
 from ._lora_args import check_lora_args, dropout_module
-from .inject import LORA_WRAPPERS
+from .inject import LORA_WRAPPERS, plain_lora_builder
 from .lora_layer import LoRALayer
 
 __all__ = ["LoRAFusedLinear", "LoRAMultiheadAttention"]
@@ -98,8 +97,6 @@ class LoRAFusedLinear(LoRALayer):
         self.lora_A = nn.Parameter(torch.empty(k * self.r, self.in_features, **factory))  # (k·r, in)
         self.lora_B = nn.Parameter(torch.empty(sum(s for s, e in zip(sizes, enable) if e), self.r,
                                                **factory))  # (Σ enabled out_i, r)
-        self.merged = False
-        self.disabled = False
         with torch.no_grad():
             for i in range(k):  # each A_i like LoRALinear's A: U(±1/sqrt(in))
                 nn.init.kaiming_uniform_(self.lora_A[i * self.r:(i + 1) * self.r], a=math.sqrt(5))
@@ -147,27 +144,9 @@ class LoRAFusedLinear(LoRALayer):
                 pieces.append(result.new_zeros(*result.shape[:-1], size))  # (..., out_i)
         return result + torch.cat(pieces, dim=-1)  # (..., out)
 
-    @torch.no_grad()
-    def merge(self) -> None:
-        """``W0 ← W0 + ΔW`` (transposed for ``fan_in_fan_out``); refuses NaN/inf."""
-        if self.merged:
-            warnings.warn("LoRAFusedLinear is already merged; nothing to do", stacklevel=2)
-            return
-        delta = self.delta_weight()  # (out, in)
-        if not torch.isfinite(delta).all():
-            raise ValueError("refusing to merge: the LoRA update contains NaN or inf")
-        self.base.weight += delta.T if self.fan_in_fan_out else delta
-        self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """``W0 ← W0 - ΔW``."""
-        if not self.merged:
-            warnings.warn("LoRAFusedLinear is not merged; nothing to unmerge", stacklevel=2)
-            return
-        delta = self.delta_weight()
-        self.base.weight -= delta.T if self.fan_in_fan_out else delta
-        self.merged = False
+    def merge_targets(self) -> tuple[torch.Tensor]:
+        """``base.weight``, seen as ``(out, in)`` (its transpose for ``fan_in_fan_out``)."""
+        return (self.base.weight.T if self.fan_in_fan_out else self.base.weight,)
 
     def peft_problem(self) -> str | None:
         return ("a fused-projection LoRA layer (loralib's enable_lora), which PEFT's format does "
@@ -221,8 +200,6 @@ class LoRAMultiheadAttention(LoRALayer):
         self.lora_B = nn.Parameter(torch.empty(3 * e, self.r, **factory))  # (3E, r)
         self.out_proj_lora_A = nn.Parameter(torch.empty(self.r, e, **factory))  # (r, E)
         self.out_proj_lora_B = nn.Parameter(torch.empty(e, self.r, **factory))  # (E, r)
-        self.merged = False
-        self.disabled = False
         with torch.no_grad():
             for a, b in ((self.lora_A, self.lora_B), (self.out_proj_lora_A, self.out_proj_lora_B)):
                 nn.init.kaiming_uniform_(a, a=math.sqrt(5))
@@ -245,29 +222,9 @@ class LoRAMultiheadAttention(LoRALayer):
                    "out_proj.weight": self.base.out_proj.weight + d_out}  # (E, E)
         return functional_call(self.base, weights, (query, key, value), kwargs)
 
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Add both updates into the base's weights; refuses NaN/inf."""
-        if self.merged:
-            warnings.warn("LoRAMultiheadAttention is already merged; nothing to do", stacklevel=2)
-            return
-        d_in, d_out = self.delta_weights()
-        if not (torch.isfinite(d_in).all() and torch.isfinite(d_out).all()):
-            raise ValueError("refusing to merge: the LoRA update contains NaN or inf")
-        self.base.in_proj_weight += d_in
-        self.base.out_proj.weight += d_out
-        self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """Subtract both updates again."""
-        if not self.merged:
-            warnings.warn("LoRAMultiheadAttention is not merged; nothing to unmerge", stacklevel=2)
-            return
-        d_in, d_out = self.delta_weights()
-        self.base.in_proj_weight -= d_in
-        self.base.out_proj.weight -= d_out
-        self.merged = False
+    def merge_targets(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(in_proj_weight, out_proj.weight)``, where ``delta_weights()`` are added."""
+        return (self.base.in_proj_weight, self.base.out_proj.weight)
 
     def peft_problem(self) -> str | None:
         return ("an nn.MultiheadAttention LoRA layer, which this package's PEFT writer does not "
@@ -277,13 +234,5 @@ class LoRAMultiheadAttention(LoRALayer):
         return f"embed_dim={self.embed_dim}, r={self.r}, scaling={self.scaling:g}, merged={self.merged}"
 
 
-def _wrap_multihead_attention(module: nn.MultiheadAttention, use_dora: bool = False,
-                              **lora_kwargs) -> LoRAMultiheadAttention:
-    """``apply_lora``'s builder for ``nn.MultiheadAttention`` (DoRA refused here)."""
-    if use_dora:
-        raise ValueError("use_dora=True is implemented for linear layers only; "
-                         "nn.MultiheadAttention layers take plain LoRA")
-    return LoRAMultiheadAttention(module, **lora_kwargs)
-
-
-LORA_WRAPPERS[nn.MultiheadAttention] = _wrap_multihead_attention
+LORA_WRAPPERS[nn.MultiheadAttention] = plain_lora_builder(LoRAMultiheadAttention,
+                                                          "nn.MultiheadAttention")

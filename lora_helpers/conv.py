@@ -27,13 +27,12 @@ something else from the same numbers). ``groups > 1`` is refused: PEFT cannot me
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 from torch import nn
 
 from ._lora_args import check_lora_args, dropout_module
-from .inject import LORA_WRAPPERS
+from .inject import LORA_WRAPPERS, plain_lora_builder
 from .lora_layer import LoRALayer
 
 __all__ = ["LoRAConv1d", "LoRAConv2d"]
@@ -71,29 +70,17 @@ class _LoRAConvNd(LoRALayer):
         ones = (1,) * (base.weight.dim() - 2)
         self.lora_A = nn.Parameter(torch.empty(self.r, *base.weight.shape[1:], **factory))  # (r, c_in, *k)
         self.lora_B = nn.Parameter(torch.empty(c_out, self.r, *ones, **factory))  # (c_out, r, 1..)
-        self.merged = False
-        self.disabled = False
         self.reset_lora_parameters(init_lora_weights)
 
     @torch.no_grad()
     def reset_lora_parameters(self, init_lora_weights: bool = True) -> None:
         """A ~ kaiming_uniform(a=√5) = U(±1/√(c_in·k²)); B = 0 (``True``) or U(±1/√r) (``False``)."""
-        if self.merged:
-            raise ValueError("cannot re-initialise a merged layer; call unmerge() first")
+        self._check_not_merged()
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         if init_lora_weights:
             nn.init.zeros_(self.lora_B)
         else:
             nn.init.kaiming_uniform_(self.lora_B, a=math.sqrt(5))
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """``base.weight``, ``(c_out, c_in, *kernel)`` (read-only)."""
-        return self.base.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base.bias
 
     def delta_weight(self) -> torch.Tensor:
         """``ΔW = scaling · B A`` on the flattened kernels, shape ``(c_out, c_in, *kernel)``."""
@@ -115,27 +102,6 @@ class _LoRAConvNd(LoRALayer):
         # _conv_forward applies the base's padding mode, stride, padding and dilation to A.
         h = self.base._conv_forward(self.lora_dropout(x), self.lora_A, None)  # (N, r, *out)
         return result + self._conv_fn(h, self.lora_B) * self.scaling  # 1×1 conv: (N, c_out, *out)
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        """``W0 ← W0 + ΔW``; refuses NaN/inf; merging twice warns and does nothing."""
-        if self.merged:
-            warnings.warn(f"{type(self).__name__} is already merged; nothing to do", stacklevel=2)
-            return
-        delta = self.delta_weight()
-        if not torch.isfinite(delta).all():
-            raise ValueError("refusing to merge: the LoRA update contains NaN or inf")
-        self.base.weight += delta
-        self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """``W0 ← W0 - ΔW``; unmerging an unmerged layer warns."""
-        if not self.merged:
-            warnings.warn(f"{type(self).__name__} is not merged; nothing to unmerge", stacklevel=2)
-            return
-        self.base.weight -= self.delta_weight()
-        self.merged = False
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
@@ -173,15 +139,5 @@ class LoRAConv1d(_LoRAConvNd):
     _conv_fn = staticmethod(nn.functional.conv1d)
 
 
-def _conv_builder(wrapper: type[_LoRAConvNd]):
-    def build(module: nn.Module, use_dora: bool = False, **lora_kwargs) -> _LoRAConvNd:
-        """``apply_lora``'s builder for this conv type (DoRA refused here)."""
-        if use_dora:
-            raise ValueError("use_dora=True is implemented for linear layers only; conv layers "
-                             "take plain LoRA")
-        return wrapper(module, **lora_kwargs)
-    return build
-
-
-LORA_WRAPPERS[nn.Conv1d] = _conv_builder(LoRAConv1d)
-LORA_WRAPPERS[nn.Conv2d] = _conv_builder(LoRAConv2d)
+LORA_WRAPPERS[nn.Conv1d] = plain_lora_builder(LoRAConv1d, "conv")
+LORA_WRAPPERS[nn.Conv2d] = plain_lora_builder(LoRAConv2d, "conv")

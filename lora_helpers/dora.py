@@ -19,8 +19,9 @@ where ``‖W0_i‖²`` is fixed while ``W0`` is frozen (the caller caches it), `
 tested against.
 
 ``DoRALinear`` is the layer: a ``LoRALinear`` subclass that adds the magnitude and overrides
-initialisation, ``delta_weight``, the forward passes, merge and unmerge. ``LoRALinear(...,
-use_dora=True)`` and ``apply_lora(..., use_dora=True)`` build it.
+initialisation, ``delta_weight``, the forward passes, merge and unmerge. It registers itself in
+``LoRALinear.variants``, so ``LoRALinear(..., use_dora=True)`` and ``apply_lora(...,
+use_dora=True)`` build it (the core does not import this module).
 """
 
 from __future__ import annotations
@@ -208,13 +209,9 @@ class DoRALinear(LoRALinear):
 
         Args: ``x: (..., in_features)``. Returns: ``(..., out_features)``.
         """
-        base = self.base
-        if (self.merged or self.disabled or (self.training and self.lora_dropout_p > 0)
-                or type(base).forward is not nn.Linear.forward
-                or base._forward_hooks or base._forward_pre_hooks
-                or not x.dtype == self.lora_A.dtype == base.weight.dtype
-                or torch.is_autocast_enabled(x.device.type) or x.shape[-1:] != (self.in_features,)):
+        if (self.training and self.lora_dropout_p > 0) or not self._fast_path_ok(x):
             return self.forward_autograd(x)
+        base = self.base
         x2d = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # (n, in)
         args = (x2d, base.weight, base.bias, self.lora_A, self.lora_B, self.scaling,
                 self.lora_magnitude_vector, self.dora_weight_norm())
@@ -276,7 +273,7 @@ class DoRALinear(LoRALinear):
                              "untouched. Keep this layer unmerged")
         self.lora_dora_factor = factor.clone()  # (out,)
         self.base.weight.copy_(factor[:, None] * adapted)  # (out, 1) ⊙ (out, in)
-        self._set_merged(True)
+        self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
@@ -285,4 +282,7 @@ class DoRALinear(LoRALinear):
             return super().unmerge()  # warns
         lora = super().delta_weight()  # (out, in)
         self.base.weight.copy_(self.base.weight / self.lora_dora_factor[:, None] - lora)
-        self._set_merged(False)
+        self.merged = False
+
+
+LoRALinear.variants["use_dora"] = DoRALinear  # LoRALinear(..., use_dora=True) builds a DoRALinear

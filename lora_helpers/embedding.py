@@ -29,14 +29,12 @@ Dropout: PEFT creates a dropout module for embeddings but never applies it, and 
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ._lora_args import check_lora_args
-from .inject import LORA_WRAPPERS
+from .inject import LORA_WRAPPERS, plain_lora_builder
 from .lora_layer import LoRALayer
 
 __all__ = ["LoRAEmbedding"]
@@ -90,25 +88,17 @@ class LoRAEmbedding(LoRALayer):
         factory = {"device": base.weight.device, "dtype": base.weight.dtype}
         self.lora_embedding_A = nn.Parameter(torch.empty(self.r, n, **factory))  # (r, num_embeddings)
         self.lora_embedding_B = nn.Parameter(torch.empty(d, self.r, **factory))  # (embedding_dim, r)
-        self.merged = False
-        self.disabled = False
         self.reset_lora_parameters(init_lora_weights)
 
     @torch.no_grad()
     def reset_lora_parameters(self, init_lora_weights: bool = True) -> None:
         """A = 0 and B ~ N(0, 1) (``True``), or both ~ N(0, 1) (``False``)."""
-        if self.merged:
-            raise ValueError("cannot re-initialise a merged layer; call unmerge() first")
+        self._check_not_merged()
         nn.init.normal_(self.lora_embedding_B)
         if init_lora_weights:
             nn.init.zeros_(self.lora_embedding_A)
         else:
             nn.init.normal_(self.lora_embedding_A)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """``base.weight``, the table ``(num_embeddings, embedding_dim)`` (read-only)."""
-        return self.base.weight
 
     def delta_weight(self) -> torch.Tensor:
         """``ΔE = scaling · (B A)ᵀ``, shape ``(num_embeddings, embedding_dim)``."""
@@ -133,38 +123,9 @@ class LoRAEmbedding(LoRALayer):
                             sparse=base.sparse)  # (..., r): column A[:, t] of each token t
         return result + (codes @ self.lora_embedding_B.T) * self.scaling  # (..., r)@(r, d) -> (..., d)
 
-    @torch.no_grad()
-    def merge(self) -> None:
-        """``E0 ← E0 + ΔE``; refuses NaN/inf; merging twice warns and does nothing."""
-        if self.merged:
-            warnings.warn("LoRAEmbedding is already merged; nothing to do", stacklevel=2)
-            return
-        delta = self.delta_weight()  # (n, d)
-        if not torch.isfinite(delta).all():
-            raise ValueError("refusing to merge: the LoRA update contains NaN or inf")
-        self.base.weight += delta
-        self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """``E0 ← E0 - ΔE``; unmerging an unmerged layer warns."""
-        if not self.merged:
-            warnings.warn("LoRAEmbedding is not merged; nothing to unmerge", stacklevel=2)
-            return
-        self.base.weight -= self.delta_weight()
-        self.merged = False
-
     def extra_repr(self) -> str:
         return (f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}, "
                 f"r={self.r}, scaling={self.scaling:g}, merged={self.merged}")
 
 
-def _wrap_embedding(module: nn.Embedding, use_dora: bool = False, **lora_kwargs) -> LoRAEmbedding:
-    """``apply_lora``'s builder for ``nn.Embedding`` (DoRA refused: PEFT has none for embeddings)."""
-    if use_dora:
-        raise ValueError("use_dora=True is implemented for linear layers only; nn.Embedding "
-                         "layers take plain LoRA")
-    return LoRAEmbedding(module, **lora_kwargs)
-
-
-LORA_WRAPPERS[nn.Embedding] = _wrap_embedding
+LORA_WRAPPERS[nn.Embedding] = plain_lora_builder(LoRAEmbedding, "nn.Embedding")  # PEFT has no DoRA here

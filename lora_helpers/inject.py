@@ -16,7 +16,8 @@ holds ``nn.Linear → LoRALinear`` (``DoRALinear`` with ``use_dora=True``); the 
 write its wrapper in a new module as a subclass of ``lora_helpers.lora_layer.LoRALayer`` (the
 protocol everything below uses: ``merged``, ``disabled``, ``merge()``, ``unmerge()``,
 ``delta_weights()``, ``lora_parameter_names``) and add one entry,
-``LORA_WRAPPERS[nn.Embedding] = build_embedding``; ``apply_lora``'s matching, checks and rollback
+``LORA_WRAPPERS[nn.Embedding] = build_embedding`` (``plain_lora_builder(LoRAEmbedding,
+"nn.Embedding")`` makes one that refuses DoRA); ``apply_lora``'s matching, checks and rollback
 then apply to it unchanged. A layer that is not a subclass of a key but behaves like one names
 it in the class attribute ``lora_base_kind`` (QLoRA's ``NF4Linear`` sets
 ``lora_base_kind = nn.Linear``), so this module never imports its variants' bases.
@@ -31,9 +32,8 @@ import torch
 from torch import nn
 
 from ._modules import attention_out_projs, replace_with_rollback, set_submodule, target_matcher
-from .dora import DoRALinear
-from .layers import LoRALinear, is_mergeable
-from .lora_layer import LoRALayer
+from .layers import LoRALinear
+from .lora_layer import LoRALayer, is_mergeable
 
 __all__ = [
     "apply_lora",
@@ -45,6 +45,7 @@ __all__ = [
     "lora_layers",
     "require_lora",
     "LORA_WRAPPERS",
+    "plain_lora_builder",
     "BIAS_MODES",
 ]
 
@@ -52,12 +53,24 @@ BIAS_MODES = ("none", "all", "lora_only")
 
 
 def _wrap_linear(module: nn.Module, use_dora: bool = False, **lora_kwargs) -> LoRALinear:
-    """``nn.Linear`` (or a layer with ``lora_base_kind = nn.Linear``) → ``LoRALinear``/``DoRALinear``."""
-    return (DoRALinear if use_dora else LoRALinear)(module, **lora_kwargs)
+    """``nn.Linear`` (or a layer with ``lora_base_kind = nn.Linear``) → ``LoRALinear`` (its DoRA
+    subclass with ``use_dora=True``, from ``LoRALinear.variants``)."""
+    return LoRALinear(module, use_dora=use_dora, **lora_kwargs)
 
 
 LORA_WRAPPERS: dict[type[nn.Module], Callable[..., nn.Module]] = {nn.Linear: _wrap_linear}
 """Layer type → the function that wraps it with LoRA (see the module docstring)."""
+
+
+def plain_lora_builder(wrapper: Callable[..., nn.Module], kind: str) -> Callable[..., nn.Module]:
+    """A ``LORA_WRAPPERS`` entry for a layer type that takes plain LoRA only: ``use_dora=True``
+    is refused, naming ``kind`` (e.g. ``"nn.Embedding"``); the other arguments go to ``wrapper``."""
+    def build(module: nn.Module, use_dora: bool = False, **lora_kwargs) -> nn.Module:
+        if use_dora:
+            raise ValueError(f"use_dora=True is implemented for linear layers only; {kind} layers "
+                             "take plain LoRA")
+        return wrapper(module, **lora_kwargs)
+    return build
 
 
 def wrapper_for(module: nn.Module) -> Callable[..., nn.Module] | None:

@@ -14,15 +14,16 @@ The base is an ``nn.Linear`` or any module that behaves like one (``in_features`
 ``out_features``, a ``weight`` of shape ``(out, in)``, ``bias``, and the class attribute
 ``lora_base_kind = nn.Linear``): QLoRA's ``NF4Linear`` is one, and says through
 ``mergeable = False`` that its weight is read-only (a dequantized copy). This
-module never names it. Variants live beside it: DoRA in ``dora.py`` (``DoRALinear``, a
-subclass; ``LoRALinear(..., use_dora=True)`` builds one, as PEFT spells it), PiSSA's SVD in
-``pissa.py``; the hand-written backward pass in ``lora_function.py``.
+module never names it, nor its variants. Those live beside it: DoRA in ``dora.py``
+(``DoRALinear``, a subclass, registered in ``LoRALinear.variants`` so that
+``LoRALinear(..., use_dora=True)`` builds one, as PEFT spells it), PiSSA's SVD in ``pissa.py``;
+the hand-written backward pass in ``lora_function.py``. What every LoRA wrapper shares
+(``weight``/``bias``, ``merge()``/``unmerge()``) is in ``lora_layer.LoRALayer``.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 from torch import nn
@@ -33,10 +34,6 @@ from .lora_layer import LoRALayer
 from .pissa import pissa_factors
 
 __all__ = ["LoRALinear", "LoRALinearFunction"]
-
-def is_mergeable(base: nn.Module) -> bool:
-    """Whether ``base.weight`` can be written (merge, PiSSA); ``NF4Linear`` says it cannot."""
-    return getattr(base, "mergeable", True)
 
 
 class LoRALinear(LoRALayer):
@@ -53,7 +50,8 @@ class LoRALinear(LoRALayer):
         init_lora_weights: ``True``: A ~ U(±1/sqrt(in_features)) (kaiming_uniform, a=sqrt(5)),
             B = 0 (loralib and PEFT); ``"gaussian"``: A ~ N(0, 1/r²), B = 0; ``False``: A and B
             both random (ΔW ≠ 0; for tests); ``"pissa"``: see ``lora_helpers.pissa``.
-        use_dora: build a ``lora_helpers.dora.DoRALinear`` instead (PEFT's spelling).
+        use_dora: build the DoRA subclass instead (``lora_helpers.dora.DoRALinear``, found in
+            ``LoRALinear.variants``; PEFT's spelling).
 
     Mixed precision (as PEFT): on a float16/bfloat16 base, A and B are float32; the LoRA path
     runs in float32 and the sum is cast back to the base's dtype (``forward_autograd``).
@@ -65,16 +63,20 @@ class LoRALinear(LoRALayer):
         init_lora_weights: the initialisation last applied (``save_peft_adapter`` writes it).
         weight, bias: read-only views of ``base.weight`` / ``base.bias`` (as in PEFT).
 
+    ``merge()`` (``W0 ← W0 + ΔW``, explicit, refusing NaN/inf) and ``unmerge()`` come from
+    ``LoRALayer``, shared with the other LoRA layers; this class defines what ``ΔW`` is.
+
     Shapes: input ``(..., in_features)`` → output ``(..., out_features)``.
     """
 
     use_dora = False
+    variants: dict[str, type[LoRALinear]] = {}
+    """PEFT's flag → the subclass it builds; ``lora_helpers.dora`` adds ``"use_dora"``."""
 
     def __new__(cls, *args, **kwargs):
         use_dora = kwargs.get("use_dora", args[6] if len(args) > 6 else False)  # by keyword or position
         if use_dora is True and cls is LoRALinear:
-            from .dora import DoRALinear  # the variant, chosen by PEFT's flag
-            cls = DoRALinear
+            cls = LoRALinear.variants["use_dora"]  # DoRALinear (registered by lora_helpers.dora)
         return super().__new__(cls)
 
     def __init__(self, base: nn.Linear, r: int = 8, lora_alpha: float = 8, lora_dropout: float = 0.0,
@@ -94,8 +96,6 @@ class LoRALinear(LoRALayer):
                    "dtype": torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype}
         self.lora_A = nn.Parameter(torch.empty(r, self.in_features, **factory))   # (r, in)
         self.lora_B = nn.Parameter(torch.empty(self.out_features, r, **factory))  # (out, r)
-        self.merged = False
-        self.disabled = False  # set by lora_helpers.disable_lora
         self._init_variant(factory)
         self.init_lora_weights: bool | str | None = None  # set by reset_lora_parameters
         self.reset_lora_parameters(init_lora_weights)
@@ -103,16 +103,6 @@ class LoRALinear(LoRALayer):
     def _init_variant(self, factory: dict) -> None:
         """Where a variant adds its own tensors (DoRA: the magnitude). Plain LoRA has none."""
         self.register_parameter("lora_magnitude_vector", None)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """``base.weight``, ``(out_features, in_features)`` (read-only; PEFT's layers have it)."""
-        return self.base.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        """``base.bias``, ``(out_features,)`` or None (read-only)."""
-        return self.base.bias
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -128,9 +118,7 @@ class LoRALinear(LoRALayer):
         layer cannot be re-initialised: its base holds the residual, and new A and B would
         change the output; build a fresh layer on the original weight.
         """
-        if self.merged:
-            raise ValueError("cannot re-initialise a merged layer (its update is inside "
-                             "base.weight); call unmerge() first")
+        self._check_not_merged()
         if self.init_lora_weights == "pissa":
             raise ValueError(f"cannot re-initialise a PiSSA layer with init_lora_weights="
                              f"{init_lora_weights!r}: its base.weight is the residual W0 - s·BA, "
@@ -170,22 +158,27 @@ class LoRALinear(LoRALayer):
         Returns:
             ``(..., out_features)``.
         """
-        base, lora_A = self.base, self.lora_A
-        weight = base.weight  # (out, in)
-        if (self.merged or self.disabled or type(base).forward is not nn.Linear.forward
-                or base._forward_hooks or base._forward_pre_hooks
-                or not x.dtype == lora_A.dtype == weight.dtype
-                or torch.is_autocast_enabled(x.device.type) or x.shape[-1:] != (self.in_features,)):
+        if not self._fast_path_ok(x):
             return self.forward_autograd(x)
+        base = self.base
         x2d = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # (n, in)
         dropped = self.lora_dropout(x2d) if self.lora_dropout_p > 0 else None  # (n, in) or None
-        args = (x2d, None if dropped is x2d else dropped, weight, base.bias, lora_A, self.lora_B,
-                self.scaling)
+        args = (x2d, None if dropped is x2d else dropped, base.weight, base.bias, self.lora_A,
+                self.lora_B, self.scaling)
         if torch.is_grad_enabled():
             out = LoRALinearFunction.apply(*args)[0]  # (n, out), hand-written backward
         else:
             out = LoRALinearFunction.forward(*args)[0]  # the same numbers, no autograd: (n, out)
         return out if x.dim() == 2 else out.view(*x.shape[:-1], self.out_features)  # (..., out)
+
+    def _fast_path_ok(self, x: torch.Tensor) -> bool:
+        """Whether ``forward`` may run the hand-written function (see ``forward``) on ``x``."""
+        base = self.base
+        return not (self.merged or self.disabled or type(base).forward is not nn.Linear.forward
+                    or base._forward_hooks or base._forward_pre_hooks
+                    or not x.dtype == self.lora_A.dtype == base.weight.dtype
+                    or torch.is_autocast_enabled(x.device.type)
+                    or x.shape[-1:] != (self.in_features,))
 
     def forward_autograd(self, x: torch.Tensor) -> torch.Tensor:
         """The same output as ``forward`` from ordinary ops (autograd derives the backward).
@@ -218,65 +211,9 @@ class LoRALinear(LoRALayer):
             raise TypeError(f"input dtype {x.dtype} differs from the layer's "
                             f"{self.compute_dtype}; cast with x.to({self.compute_dtype})")
 
-    def _check_can_merge(self) -> None:
-        if not is_mergeable(self.base):  # e.g. NF4Linear: see lora_helpers.quantization
-            raise ValueError(f"refusing to merge into a {type(self.base).__name__} base: its weight "
-                             "is read-only (W + ΔW is not representable in NF4, and re-quantizing "
-                             "would add rounding error to the update). Keep the adapter unmerged "
-                             "(QLoRA's way), or call lora_helpers.dequantize_model(model) first")
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Add ``ΔW`` into ``base.weight`` so that ``forward`` is just ``base(x)``.
-
-        Merging twice warns and changes nothing (as PEFT). A non-finite ``ΔW`` is refused with a
-        ``ValueError`` and ``base.weight`` is left untouched; so is a read-only base.
-        """
-        if self.merged:
-            warnings.warn("LoRALinear is already merged; nothing to do", stacklevel=2)
-            return
-        self._check_can_merge()
-        delta = self.delta_weight()  # (out, in)
-        if not torch.isfinite(delta).all():
-            raise ValueError("refusing to merge: the LoRA update contains NaN or inf "
-                             "(check the learning rate / training); base.weight is untouched")
-        weight = self.base.weight  # (out, in)
-        weight.copy_(weight.to(delta.dtype) + delta)  # in the adapter's dtype (fp32 on a half base)
-        self._set_merged(True)
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """Subtract ``ΔW`` from ``base.weight`` again. Unmerging an unmerged layer warns."""
-        if not self.merged:
-            warnings.warn("LoRALinear is not merged; nothing to unmerge", stacklevel=2)
-            return
-        weight, delta = self.base.weight, self.delta_weight()  # (out, in) each
-        weight.copy_(weight.to(delta.dtype) - delta)
-        self._set_merged(False)
-
-    def _set_merged(self, merged: bool) -> None:
-        self.merged = merged
-
     def _merged_state(self) -> dict[str, torch.Tensor]:
         """What a merged layer adds to its state dict (DoRA adds its factor); nothing unmerged."""
         return {"lora_merged": torch.ones((), dtype=torch.bool)} if self.merged else {}
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        for key, value in self._merged_state().items():  # only while merged: keys unchanged otherwise
-            destination[prefix + key] = value
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs) -> None:
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-        extra = {key: state_dict[prefix + key] for key in self._merged_state_keys()
-                 if prefix + key in state_dict}
-        for key in extra:
-            if prefix + key in unexpected_keys:
-                unexpected_keys.remove(prefix + key)
-        if prefix + "base.weight" in state_dict:  # the base's weight is loaded: W0, or W0 + ΔW
-            self._load_merged_state(extra)
 
     def _merged_state_keys(self) -> tuple[str, ...]:
         return ("lora_merged",)

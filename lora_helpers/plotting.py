@@ -1,22 +1,21 @@
-"""Pictures of weight matrices, of the rank analysis in :mod:`lora_helpers.rank`, and of
-fine-tuning results (accuracy against trainable parameters).
+"""Pictures of matrices: weight heatmaps, the LoRA decomposition ``W0 + s·B·A = W``, and the
+subspace-similarity grid φ(i, j) of :mod:`lora_helpers.rank` (paper §7, Fig. 3).
 
-Every function takes the same matrices as the rank functions (2-D torch tensors on any device,
-with or without grad, or numpy arrays) and returns a matplotlib ``Axes`` or ``Figure``; none calls
-``plt.show()`` or prints. Weight heatmaps use a diverging colormap (red > 0, blue < 0) with
-symmetric limits ``±vmax``, so white always means 0. Matrices with more than ``max_size`` rows or
-columns (128 by default) are shown as block means, and the title says so.
+Every function takes 2-D torch tensors (any device, with or without grad) or numpy arrays and
+returns a matplotlib ``Axes`` or ``Figure``; none calls ``plt.show()`` or prints. Weight heatmaps
+use a diverging colormap (red > 0, blue < 0) with symmetric limits ``±vmax``, so white always
+means 0. Matrices with more than ``max_size`` rows or columns (128 by default) are shown as
+block means, and the title says so. Curves (spectra, accuracy against parameters) are in
+:mod:`lora_helpers.charts`.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
-import seaborn as sns
 import torch
 from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
@@ -24,13 +23,11 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from ._checks import as_matrix, check_int
-from .rank import Matrix, check_threshold, energy_rank_of_spectrum
+from .rank import Matrix
 
-__all__ = ["plot_heatmap", "plot_lora_decomposition", "plot_singular_values",
-           "plot_subspace_similarity", "plot_accuracy_vs_parameters"]
+__all__ = ["plot_heatmap", "plot_lora_decomposition", "plot_subspace_similarity"]
 
 DIVERGING = "RdBu_r"
-
 
 def _block_mean(m: np.ndarray, max_size: int) -> tuple[np.ndarray, tuple[int, int]]:
     """Average ``m`` ``(rows, cols)`` over blocks so that neither side exceeds ``max_size``.
@@ -117,12 +114,21 @@ def plot_lora_decomposition(layer: object, *, max_size: int = 128) -> Figure:
 
     ``layer`` is a plain-LoRA ``LoRALinear`` (anything with ``.base.weight``, ``.lora_A``,
     ``.lora_B``, ``.scaling``, ``.r`` and ``.delta_weight()``), also on an NF4 base (its
-    dequantized weight is drawn as W0); a DoRA layer is refused (its ΔW is not s·B·A). Panels: ``W0`` (out×in), ``B`` (out×r),
-    ``A`` (r×in), ``ΔW = s·B·A`` (out×in) and ``W = W0 + ΔW``, sized like the matrices (B is
-    narrow, A is short). Colour scales: ``W0`` and ``W`` share one, so the visible difference is
-    the real change; ``ΔW``, ``B`` and ``A`` each get their own, since ΔW is usually far smaller
-    than W0. Each panel's limit ``±v`` is in its title. A merged layer is un-merged for display.
+    dequantized weight is drawn as W0); a DoRA layer is refused (its ΔW is not s·B·A). Panels:
+    ``W0`` (out×in), ``B`` (out×r), ``A`` (r×in), ``ΔW = s·B·A`` (out×in) and ``W = W0 + ΔW``,
+    sized like the matrices (B is narrow, A is short). Colour scales: ``W0`` and ``W`` share
+    one, so the visible difference is the real change; ``ΔW``, ``B`` and ``A`` each get their
+    own, since ΔW is usually far smaller than W0. Each panel's limit ``±v`` is in its title. A
+    merged layer is un-merged for display.
     """
+    _check_decomposable(layer)
+    max_size = check_int(max_size, "max_size", 1, 10**6, "cells per side to draw")
+    panels, (out_f, in_f) = _decomposition_panels(layer, max_size)
+    return _draw_decomposition(panels, out_f, in_f, layer.r, float(layer.scaling))
+
+
+def _check_decomposable(layer: object) -> None:
+    """Refuse what is not a plain-LoRA linear layer, saying what to pass instead."""
     needed = ("base", "lora_A", "lora_B", "scaling", "r", "delta_weight")
     missing = [n for n in needed if not hasattr(layer, n)]
     if missing or not hasattr(layer.base, "weight") or not callable(layer.delta_weight):
@@ -133,21 +139,29 @@ def plot_lora_decomposition(layer: object, *, max_size: int = 128) -> Figure:
         raise ValueError("plot_lora_decomposition draws W0 + s·B·A = W0 + ΔW, but this is a DoRA "
                          "layer, whose ΔW = m / ‖W0 + s·BA‖_row ⊙ (W0 + s·BA) - W0 is not s·B·A; "
                          "draw its layer.delta_weight() with plot_heatmap instead")
-    max_size = check_int(max_size, "max_size", 1, 10**6, "cells per side to draw")
+
+
+def _decomposition_panels(layer, max_size: int
+                          ) -> tuple[list[tuple[str, np.ndarray, str, str, float]], tuple[int, int]]:
+    """The five panels ``(title, data shown, "rows×cols", block note, limit v)`` and W0's shape."""
     with torch.no_grad():
         delta = _as_matrix(layer.delta_weight(), "delta_weight()")  # (out, in)
     w0 = _as_matrix(layer.base.weight, "base.weight")  # (out, in)
     if getattr(layer, "merged", False):
         w0 = w0 - delta  # base.weight holds W0 + ΔW after merge()
-    panels = {r"$W_0$": w0, r"$B$": layer.lora_B, r"$A$": layer.lora_A,
-              r"$\Delta W = s\,BA$": delta, r"$W = W_0 + \Delta W$": w0 + delta}
+    matrices = {r"$W_0$": w0, r"$B$": layer.lora_B, r"$A$": layer.lora_A,
+                r"$\Delta W = s\,BA$": delta, r"$W = W_0 + \Delta W$": w0 + delta}
     names = ["W0", "lora_B", "lora_A", "delta_weight()", "W0 + delta_weight()"]
-    shown = [_prepare(m, n, max_size) for n, m in zip(names, panels.values())]
-    shared = _limit(shown[0][0], shown[4][0])
+    shown = [_prepare(m, n, max_size) for n, m in zip(names, matrices.values())]
+    shared = _limit(shown[0][0], shown[4][0])  # W0 and W share one scale
     limits = [shared, _limit(shown[1][0]), _limit(shown[2][0]), _limit(shown[3][0]), shared]
+    panels = [(title, *prepared, v) for title, prepared, v in zip(matrices, shown, limits)]
+    return panels, tuple(w0.shape)
 
-    out_f, in_f = w0.shape
-    r, s = layer.r, float(layer.scaling)
+
+def _draw_decomposition(panels: list[tuple[str, np.ndarray, str, str, float]], out_f: int,
+                        in_f: int, r: int, s: float) -> Figure:
+    """Lay the panels out as ``W0 + s·B·A = W0 + ΔW = W``, with one shared colour legend."""
     widths = [1.0, max(r / in_f, 0.15), 1.0, 1.0, 1.0]  # relative panel widths: B is narrow
     heights = [1.0, 1.0, max(r / out_f, 0.15), 1.0, 1.0]  # and A is short
     operators = [f"+ {s:g} ·", "·", r"$= W_0 +$", "="]  # read: W0 + s·B·A = W0 + ΔW = W
@@ -155,7 +169,7 @@ def plot_lora_decomposition(layer: object, *, max_size: int = 128) -> Figure:
     columns = [x for w, g in zip(widths, gaps) for x in (w, g)] + widths[-1:]  # 9 columns
     fig = plt.figure(figsize=(12.5, 3.8), layout="constrained")
     grid = fig.add_gridspec(2, 9, width_ratios=columns, height_ratios=[1, 0.05])  # row 1: legend
-    for k, (name, (data, shape, note), vmax) in enumerate(zip(panels, shown, limits)):
+    for k, (name, data, shape, note, vmax) in enumerate(panels):
         cell = grid[0, 2 * k]
         if heights[k] < 1:  # centre a shorter panel vertically
             pad = (1 - heights[k]) / 2
@@ -174,64 +188,6 @@ def plot_lora_decomposition(layer: object, *, max_size: int = 128) -> Figure:
     legend.set_label("v = the limit in each title; W0 and W share one, B, A and ΔW have their own")
     fig.suptitle(f"LoRA update of a {out_f}×{in_f} layer: rank r = {r}, scaling s = {s:g}")
     return fig
-
-
-def _machine_epsilon(w: torch.Tensor | np.ndarray) -> float:
-    """The machine epsilon of ``w``'s floating dtype (float64's for integer matrices)."""
-    if isinstance(w, torch.Tensor) and w.is_floating_point():
-        return torch.finfo(w.dtype).eps
-    if isinstance(w, np.ndarray) and w.dtype.kind == "f":
-        return float(np.finfo(w.dtype).eps)
-    return float(np.finfo(np.float64).eps)
-
-
-def plot_singular_values(matrices: Mapping[str, Matrix], ax: Axes | None = None, log: bool = True,
-                         energy: bool = True, threshold: float = 0.9) -> Axes:
-    """Singular values ``σ_i`` of several matrices (solid), on one axes.
-
-    On a log axis, numerical zeros are left out: values ``σ_i <= max(rows, cols) · eps · σ_1``,
-    with ``eps`` the machine epsilon of the matrix's own dtype (numpy's ``matrix_rank`` rule), so
-    that the rounding noise of a float32 low-rank product is not drawn as a spectrum.
-    With ``energy=True``, a twin y-axis on the right shows each cumulative energy
-    ``Σ_{i<=k} σ_i² / Σ σ_i²`` (dashed), a dotted line at ``threshold`` and a dot at each energy
-    rank (also in the legend). Returns the left (σ) axes; the twin is ``ax.figure.axes[-1]``.
-    """
-    if not isinstance(matrices, Mapping):
-        raise TypeError(f"matrices must be a dict {{name: matrix}}, got {type(matrices).__name__};"
-                        " e.g. {'W0': layer.base.weight, 'ΔW': layer.delta_weight()}")
-    if not matrices:
-        raise ValueError("matrices is empty; pass at least one {name: matrix}")
-    threshold = check_threshold(threshold)
-    checked = {name: _as_matrix(w, f"matrices[{name!r}]") for name, w in matrices.items()}
-    eps = {name: _machine_epsilon(w) for name, w in matrices.items()}
-    spectra = {name: torch.linalg.svdvals(t) for name, t in checked.items()}  # each (k,)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6.5, 4.5), layout="constrained")
-    twin = ax.twinx() if energy else None
-    for (name, s), color in zip(spectra.items(), sns.color_palette(n_colors=len(spectra))):
-        i = np.arange(1, len(s) + 1)  # 1-based index
-        sigma = s.numpy().copy()
-        if log:  # leave out numerical zeros, which would stretch the log axis to 1e-30
-            sigma[sigma <= max(checked[name].shape) * eps[name] * sigma[0]] = np.nan
-        label = f"{name} ({checked[name].shape[0]}×{checked[name].shape[1]})"
-        if twin is not None and s.sum() > 0:
-            cumulative = (s ** 2).cumsum(0).numpy() / float((s ** 2).sum())  # (k,)
-            k = energy_rank_of_spectrum(s, threshold)
-            twin.plot(i, cumulative, ls="--", color=color)
-            twin.plot([k], [cumulative[k - 1]], "o", color=color)
-            label += f": {threshold:.0%} energy at k = {k}"
-        ax.plot(i, sigma, color=color, label=label)
-    if log and any(float(s[0]) > 0 for s in spectra.values()):  # all-zero: stay linear
-        ax.set_yscale("log")
-    if twin is not None:
-        twin.axhline(threshold, color="grey", lw=0.8, ls=":")
-        twin.set_ylim(0, 1.05)
-        twin.set_ylabel("cumulative energy (dashed)")
-    ax.set_xlabel("index i")
-    ax.set_ylabel(r"singular value $\sigma_i$ (solid)")
-    ax.set_title("Singular values" + (" and cumulative energy" if energy else ""))
-    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)
-    return ax
 
 
 def plot_subspace_similarity(grid: Matrix, ax: Axes | None = None, title: str | None = None, *,
@@ -268,109 +224,4 @@ def plot_subspace_similarity(grid: Matrix, ax: Axes | None = None, title: str | 
     ax.set_ylabel("i (top-i directions of A₁)")
     default = "Subspace similarity φ(i, j)" if d is None else "φ(i, j) minus chance"
     ax.set_title(title or f"{default}, {t.shape[0]}×{t.shape[1]}")
-    return ax
-
-
-def _check_result(i: int, result: object) -> tuple[str, int, float, str | None, float | None]:
-    """Validate ``results[i]``; return ``(label, trainable, accuracy, group, std)``."""
-    if not isinstance(result, Mapping):
-        raise TypeError(f"results[{i}] must be a dict with 'label', 'trainable' and 'accuracy', "
-                        f"got {type(result).__name__}")
-    missing = [k for k in ("label", "trainable", "accuracy") if k not in result]
-    if missing:
-        raise ValueError(f"results[{i}] lacks {missing}; each result needs 'label' (str), "
-                         "'trainable' (int >= 1) and 'accuracy' (in [0, 1])")
-    label, trainable, accuracy = result["label"], result["trainable"], result["accuracy"]
-    group, std = result.get("group"), result.get("std")
-    if not isinstance(label, str) or (group is not None and not isinstance(group, str)):
-        raise TypeError(f"results[{i}]: 'label' and 'group' must be strings, got "
-                        f"{label!r} and {group!r}")
-    trainable = check_int(trainable, f"results[{i}]['trainable']", 1,
-                          why="a parameter count, drawn on a log axis")
-    if isinstance(accuracy, bool) or not isinstance(accuracy, numbers.Real):
-        raise TypeError(f"results[{i}]['accuracy'] must be a number in [0, 1], got {accuracy!r}")
-    if not 0.0 <= accuracy <= 1.0:  # also rejects NaN
-        raise ValueError(f"results[{i}]['accuracy'] must be in [0, 1] (a fraction, not a "
-                         f"percentage), got {accuracy!r}")
-    if std is not None:
-        if isinstance(std, bool) or not isinstance(std, numbers.Real):
-            raise TypeError(f"results[{i}]['std'] must be a number >= 0 (the spread of the "
-                            f"accuracy over seeds) or absent, got {std!r}")
-        if not 0.0 <= std <= 1.0:  # also rejects NaN
-            raise ValueError(f"results[{i}]['std'] must be in [0, 1] (a spread of accuracies, "
-                             f"as a fraction), got {std!r}")
-        std = float(std)
-    return label, int(trainable), float(accuracy), group, std
-
-
-LABEL_STEP_PT = 11.0
-"""Vertical distance (points) between the labels of points that share one x value."""
-
-
-def _label_offsets(checked: Sequence[tuple[str, int, float, str | None, float | None]]
-                   ) -> list[tuple[float, float]]:
-    """Text offsets (points) for the labels, so that points with the same x don't overprint.
-
-    A point's label sits up and to the right of it. Points with equal ``trainable`` (the same x,
-    e.g. two LoRA configurations with the same budget) get their labels stacked downwards in
-    order of decreasing accuracy, ``LABEL_STEP_PT`` apart, so two equal accuracies still give two
-    readable labels.
-    """
-    offsets = [(4.0, 4.0)] * len(checked)
-    same_x: dict[int, list[int]] = {}
-    for i, (_, trainable, *_) in enumerate(checked):
-        same_x.setdefault(trainable, []).append(i)
-    for indices in same_x.values():
-        ranked = sorted(indices, key=lambda i: -checked[i][2])  # highest accuracy first
-        for k, i in enumerate(ranked):
-            offsets[i] = (4.0, 4.0 - LABEL_STEP_PT * k)
-    return offsets
-
-
-def plot_accuracy_vs_parameters(results: Sequence[Mapping[str, object]], ax: Axes | None = None,
-                                title: str | None = None) -> Axes:
-    """Test accuracy against the number of trainable parameters (log x), one labelled point each.
-
-    Args:
-        results: one mapping per method, with ``"label"`` (str, written next to the point),
-            ``"trainable"`` (int >= 1, the x value), ``"accuracy"`` (in [0, 1], the y value;
-            e.g. a mean over seeds), optionally ``"std"`` (in [0, 1]: drawn as an error bar of
-            ± std) and optionally ``"group"`` (str). Points of one group share a colour and a
-            legend entry and are joined by a line in order of ``trainable`` (e.g. a rank sweep);
-            points without a group are drawn one colour each, named by their label. Labels of
-            points with the same ``trainable`` are stacked so that they stay readable.
-        ax: axes to draw into; a new figure if None.
-        title: the axes title (default "Accuracy against trainable parameters").
-    Returns:
-        the axes (x axis logarithmic).
-    """
-    if isinstance(results, (str, bytes, Mapping)) or not isinstance(results, Sequence):
-        raise TypeError(f"results must be a list of dicts, got {type(results).__name__}; e.g. "
-                        "[{'label': 'full', 'trainable': 102090, 'accuracy': 0.93}]")
-    if not results:
-        raise ValueError("results is empty; pass at least one {'label', 'trainable', 'accuracy'}")
-    checked = [_check_result(i, r) for i, r in enumerate(results)]
-    series: dict[str, list[tuple[int, float, float | None]]] = {}  # legend name -> points
-    for label, trainable, accuracy, group, std in checked:
-        series.setdefault(group if group is not None else label, []).append(
-            (trainable, accuracy, std))
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6.5, 4.2), layout="constrained")
-    for (name, points), color in zip(series.items(), sns.color_palette(n_colors=len(series))):
-        points = sorted(points, key=lambda p: p[:2])
-        xs, ys = [p[0] for p in points], [p[1] for p in points]
-        ax.plot(xs, ys, "o-" if len(xs) > 1 else "o", color=color, label=name)
-        errors = [(x, y, s) for x, y, s in points if s is not None]
-        if errors:  # bars only: the line above carries the legend entry
-            ex, ey, es = zip(*errors)
-            ax.errorbar(ex, ey, yerr=es, fmt="none", ecolor=color, elinewidth=1, capsize=3)
-    for (label, trainable, accuracy, _, _), offset in zip(checked, _label_offsets(checked)):
-        ax.annotate(label, (trainable, accuracy), xytext=offset, textcoords="offset points",
-                    fontsize="small")
-    ax.set_xscale("log")
-    ax.margins(x=0.15, y=0.08)  # room for the labels of the outermost points
-    ax.set_xlabel("trainable parameters (log scale)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(title or "Accuracy against trainable parameters")
-    ax.legend(fontsize="small", loc="lower right")
     return ax

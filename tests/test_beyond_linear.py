@@ -30,6 +30,17 @@ def _peft(model: nn.Module, targets: list[str], **kw) -> nn.Module:
         return peft.get_peft_model(model, peft.LoraConfig(target_modules=targets, **kw))
 
 
+def merge_round_trip(layer: nn.Module, x: torch.Tensor, weight_atol: float) -> torch.Tensor:
+    """Merged, ``layer`` gives the unmerged output; unmerged again, its base holds W0. Returns
+    the output."""
+    out, w0 = layer(x), layer.base.weight.clone()
+    layer.merge()
+    assert torch.allclose(layer(x), out, atol=1e-5)
+    layer.unmerge()
+    assert torch.allclose(layer.base.weight, w0, atol=weight_atol)
+    return out
+
+
 def _only_lora_grads(layer: nn.Module, out: torch.Tensor) -> None:
     out.square().sum().backward()
     for name, p in layer.named_parameters():
@@ -51,13 +62,7 @@ def test_embedding_shapes_init_merge(n, d, r, seed):
     ids = torch.randint(0, n, (3, 5))
     assert torch.equal(layer(ids), base(ids))  # ΔE = 0 at init
     layer.reset_lora_parameters(False)
-    out = layer(ids)
-    assert out.shape == (3, 5, d)
-    w0 = base.weight.clone()
-    layer.merge()
-    assert torch.allclose(layer(ids), out, atol=1e-5)
-    layer.unmerge()
-    assert torch.allclose(base.weight, w0, atol=1e-5)
+    assert merge_round_trip(layer, ids, weight_atol=1e-5).shape == (3, 5, d)
 
 
 def test_embedding_unseen_tokens_keep_their_rows():
@@ -121,13 +126,7 @@ def test_conv2d_merge_is_exact(c_in, c_out, k, stride, padding, dilation, mode, 
     x = torch.randn(2, c_in, 9, 9)
     assert torch.equal(layer(x), base(x))
     layer.reset_lora_parameters(False)
-    out = layer(x)
-    assert out.shape == base(x).shape
-    w0 = base.weight.clone()
-    layer.merge()
-    assert torch.allclose(layer(x), out, atol=1e-5)
-    layer.unmerge()
-    assert torch.allclose(base.weight, w0, atol=1e-6)
+    assert merge_round_trip(layer, x, weight_atol=1e-6).shape == base(x).shape
 
 
 def test_conv1d_merge_and_gradients():

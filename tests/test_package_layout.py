@@ -38,3 +38,22 @@ def test_the_core_and_state_name_no_layer_class():
         names = {name for _, name in imports(module)}
         assert not names & {"LoRAEmbedding", "LoRAConv1d", "LoRAConv2d", "LoRAFusedLinear",
                             "LoRAMultiheadAttention"}, module
+
+
+def test_the_core_does_not_import_its_variants():
+    """DoRA registers itself in ``LoRALinear.variants``; the core never imports it."""
+    for module in set(CORE) - {"dora"}:
+        assert "dora" not in [m for m, _ in imports(module)], module
+
+
+def test_peft_flag_builds_the_registered_variant_by_keyword_or_position():
+    from torch import nn
+
+    from lora_helpers import DoRALinear, LoRALinear, apply_lora
+
+    assert LoRALinear.variants == {"use_dora": DoRALinear}
+    assert type(LoRALinear(nn.Linear(4, 3), 2, use_dora=True)) is DoRALinear
+    assert type(LoRALinear(nn.Linear(4, 3), 2, 2, 0.0, False, True, True)) is DoRALinear
+    assert type(LoRALinear(nn.Linear(4, 3), 2, use_dora=False)) is LoRALinear
+    model = apply_lora(nn.Sequential(nn.Linear(4, 3)), ["0"], r=2, use_dora=True)
+    assert type(model[0]) is DoRALinear

@@ -134,22 +134,27 @@ def test_decomposition_panels_shapes_and_equation():
 def test_decomposition_colour_scales():
     layer = lora_layer()
     w0, delta = layer.base.weight.detach(), layer.delta_weight().detach()
-    clims = [mesh(ax).get_clim() for ax in heatmaps(plot_lora_decomposition(layer))]
+    panels = heatmaps(plot_lora_decomposition(layer))
+    clims = [mesh(ax).get_clim() for ax in panels]
     assert all(lo == -hi for lo, hi in clims)
     shared = max(w0.abs().max(), (w0 + delta).abs().max()).item()
     assert clims[0] == clims[4] == pytest.approx((-shared, shared))  # W0 and W share a scale
     assert clims[1][1] == pytest.approx(layer.lora_B.abs().max().item())
     assert clims[2][1] == pytest.approx(layer.lora_A.abs().max().item())
     assert clims[3][1] == pytest.approx(delta.abs().max().item())  # ΔW: its own scale
-    w_panel = mesh(heatmaps(plot_lora_decomposition(layer))[4]).get_array()
+    w_panel = mesh(panels[4]).get_array()
     np.testing.assert_allclose(w_panel, (w0 + delta).double().numpy(), atol=1e-6)
 
 
 def test_decomposition_of_a_merged_layer_shows_the_original_w0():
-    unmerged = [mesh(ax).get_array() for ax in heatmaps(plot_lora_decomposition(lora_layer()))]
-    merged = [mesh(ax).get_array() for ax in heatmaps(plot_lora_decomposition(lora_layer(True)))]
-    for a, b in zip(unmerged, merged):
-        np.testing.assert_allclose(a, b, atol=1e-6)
+    layer = lora_layer()
+    with torch.no_grad():
+        w0, delta = layer.base.weight.clone(), layer.delta_weight()
+        expected = [w0, layer.lora_B, layer.lora_A, delta, w0 + delta]  # the unmerged panels
+        layer.merge()
+        merged = [mesh(ax).get_array() for ax in heatmaps(plot_lora_decomposition(layer))]
+    for shown, matrix in zip(merged, expected, strict=True):
+        np.testing.assert_allclose(shown, matrix.detach().double().numpy(), atol=1e-6)
 
 
 def test_decomposition_of_a_large_layer_is_downsampled():

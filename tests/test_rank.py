@@ -18,7 +18,7 @@ pytestmark = pytest.mark.filterwarnings("error")
 
 shapes = st.tuples(st.integers(1, 9), st.integers(1, 9))
 seeds = st.integers(0, 2**32 - 1)
-fast = settings(deadline=None, max_examples=40)
+fast = settings(deadline=None, max_examples=25)  # exact SVD identities: 25 shapes/ranks suffice
 
 
 def random_matrix(shape, seed, scale=1.0):

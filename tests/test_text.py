@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lora_helpers.text import CORPORA, CharTokenizer, load_corpus, sample_batch, split_text
@@ -72,6 +72,7 @@ def test_tokenizer_from_characters_equals_from_text():
     assert CharTokenizer("hello").chars == CharTokenizer(["o", "l", "h", "e"]).chars == ("e", "h", "l", "o")
 
 
+@settings(max_examples=50)  # a 12-character alphabet: 50 strings exercise every character
 @given(st.text(alphabet="abc xyz\n()_=", min_size=1))
 def test_encode_decode_roundtrip(text):
     tok = CharTokenizer("abc xyz\n()_=")
@@ -129,6 +130,7 @@ def test_split_is_contiguous_blocks_seeded():
     assert split.blocks != split_text(text, seed=1).blocks
 
 
+@settings(max_examples=50)
 @given(st.integers(3, 40), st.integers(1, 5), st.integers(1, 5), st.integers(0, 1000))
 def test_split_partitions_any_text(n_blocks, n_val, n_test, seed):
     if n_val + n_test >= n_blocks:
