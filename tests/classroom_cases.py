@@ -59,7 +59,14 @@ WRONG = {
     "01_introduction": {
         1: ["answer = 32 * 4 * 16 * (4096 + 4096)   # as if k_proj and v_proj were square\n"
             "check_exercise_1(answer)\n"],
-        2: ["answer = int(350e9 // (96 * 2 * 4 * (12288 + 12288)))   # parameters, not bytes\n"
+        2: ["adapter = (16 * (4096 + 4096) * 2 + 2 * (11008 + 4096) * 2) * 32 * 2   # gate_proj forgotten\n"
+            "answer = 6_738_415_616 * 2 // adapter\n"
+            "check_exercise_2(answer)\n",
+            "adapter = (16 * (4096 + 4096) * 2 + 2 * (11008 + 4096) * 3) * 32\n"
+            "answer = 6_738_415_616 * 2 // adapter   # bytes divided by parameters\n"
+            "check_exercise_2(answer)\n",
+            "adapter = 16 * ((4096 + 4096) * 2 + (11008 + 4096) * 3) * 32 * 2   # r = 16 everywhere\n"
+            "answer = 6_738_415_616 * 2 // adapter\n"
             "check_exercise_2(answer)\n"],
         3: ["def max_rank(d, k, fraction):\n"
             "    return round(fraction * d * k / (d + k))   # rounds up half the time\n"
