@@ -218,8 +218,29 @@ WRONG = {
             "\ncheck_exercise_3(amplification)\n"],
     },
     "07_lora_on_a_language_model": {
-        1: ["answer = 2 * 6 * 8 * (64 + 64)   # fc1 and fc2 taken as square\ncheck_exercise_1(answer)\n"],
-        2: ["answer = math.log(96)   # nats, not bits\ncheck_exercise_2(answer)\n"],
+        1: ["def frontier(points):\n"
+            "    return [i for i, p in enumerate(points)   # forgetting read as better when high\n"
+            "            if not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points)]\n"
+            "\ncheck_exercise_1(frontier)\n",
+            "def frontier(points):\n"
+            "    return [i for i, p in enumerate(points)   # strictly better in both: ties kept\n"
+            "            if not any(q[0] > p[0] and q[1] < p[1] for q in points)]\n"
+            "\ncheck_exercise_1(frontier)\n",
+            "def frontier(points):\n"
+            "    best = max(p[0] for p in points)          # only the most learning\n"
+            "    return [i for i, p in enumerate(points) if p[0] == best]\n"
+            "\ncheck_exercise_1(frontier)\n"],
+        2: ["answer = math.log2(96)   # the bias ignored: the uniform guess\ncheck_exercise_2(answer)\n",
+            "bias_only = copy.deepcopy(base)\n"
+            "with torch.no_grad():\n"
+            "    bias_only.lm_head.weight.zero_()\n"
+            "answer = L.bits_per_character(bias_only, data['docs', 'validation'])   # the docs, not the code\n"
+            "check_exercise_2(answer)\n",
+            "bias_only = copy.deepcopy(base)\n"
+            "with torch.no_grad():\n"
+            "    bias_only.lm_head.weight.zero_()\n"
+            "answer = L.bits_per_character(bias_only, data['code', 'validation']) * math.log(2)   # nats\n"
+            "check_exercise_2(answer)\n"],
         3: ["def next_char_greedy(model, ids):\n"
             "    with torch.no_grad():\n"
             "        return model(ids)[0, 0].argmax().item()   # the first position\n"
