@@ -59,7 +59,14 @@ WRONG = {
     "01_introduction": {
         1: ["answer = 32 * 4 * 16 * (4096 + 4096)   # as if k_proj and v_proj were square\n"
             "check_exercise_1(answer)\n"],
-        2: ["answer = int(350e9 // (96 * 2 * 4 * (12288 + 12288)))   # parameters, not bytes\n"
+        2: ["adapter = (16 * (4096 + 4096) * 2 + 2 * (11008 + 4096) * 2) * 32 * 2   # gate_proj forgotten\n"
+            "answer = 6_738_415_616 * 2 // adapter\n"
+            "check_exercise_2(answer)\n",
+            "adapter = (16 * (4096 + 4096) * 2 + 2 * (11008 + 4096) * 3) * 32\n"
+            "answer = 6_738_415_616 * 2 // adapter   # bytes divided by parameters\n"
+            "check_exercise_2(answer)\n",
+            "adapter = 16 * ((4096 + 4096) * 2 + (11008 + 4096) * 3) * 32 * 2   # r = 16 everywhere\n"
+            "answer = 6_738_415_616 * 2 // adapter\n"
             "check_exercise_2(answer)\n"],
         3: ["def max_rank(d, k, fraction):\n"
             "    return round(fraction * d * k / (d + k))   # rounds up half the time\n"
@@ -84,7 +91,9 @@ WRONG = {
             "answer = (32, 16)   # alpha proportional to r\ncheck_exercise_3(answer)\n"],
     },
     "03_implementation": {
-        1: ["answer = 2 * 4 * 2 * (64 + 64)   # the biases forgotten\ncheck_exercise_1(answer)\n"],
+        1: ["answer = (4, 4, 4)   # as if merging kept the weight low-rank\ncheck_exercise_1(answer)\n",
+            "answer = (4, 64, 4)   # as if the two adapters shared one subspace\ncheck_exercise_1(answer)\n",
+            "answer = (4, 68, 8)   # ranks added, past the matrix's size\ncheck_exercise_1(answer)\n"],
         2: ["answer = 2 / 3 + 0.02   # as for a layer whose input needs a gradient\n"
             "check_exercise_2(answer)\n"],
         3: ["def swap_merged(model, adapter):\n"
@@ -97,6 +106,57 @@ WRONG = {
             "    L.load_lora_state_dict(model, adapter)\n"
             "    L.merge_lora(model)\n"
             "\ncheck_exercise_3(swap_merged)\n"],
+        4: ["def lora_layer(x, W0, b, A, B, scaling):\n"
+            "    h = x @ W0.T + b + (x @ A.T) @ B.T            # the scaling forgotten\n"
+            "    W_merged = W0 + scaling * B @ A\n"
+            "    return h, W_merged, W_merged - scaling * B @ A\n"
+            "\ncheck_exercise_4(lora_layer)\n",
+            "def lora_layer(x, W0, b, A, B, scaling):\n"
+            "    h = x @ W0.T + b + scaling * (x @ A.T) @ B.T\n"
+            "    W_merged = W0 + scaling * (B @ A).T            # transposed: (k, d)\n"
+            "    return h, W_merged, W_merged - scaling * (B @ A).T\n"
+            "\ncheck_exercise_4(lora_layer)\n",
+            "def lora_layer(x, W0, b, A, B, scaling):\n"
+            "    h = x @ W0.T + b + scaling * (x @ A.T) @ B.T\n"
+            "    W_merged = W0 + B @ A                          # a merge that does not scale\n"
+            "    return h, W_merged, W_merged - B @ A\n"
+            "\ncheck_exercise_4(lora_layer)\n",
+            "def lora_layer(x, W0, b, A, B, scaling):\n"
+            "    W_merged = W0 + scaling * B @ A\n"
+            "    h = x @ W_merged.T + b                         # the forward pass merges silently\n"
+            "    return h, W_merged, W_merged - scaling * B @ A\n"
+            "\ncheck_exercise_4(lora_layer)\n",
+            "def lora_layer(x, W0, b, A, B, scaling):\n"
+            "    h = x @ W0.T + b + scaling * (x @ A.T) @ B.T\n"
+            "    W0 += scaling * B @ A                          # merged in place: W0 is lost\n"
+            "    return h, W0, W0 - scaling * B @ A\n"
+            "\ncheck_exercise_4(lora_layer)\n"],
+        5: ["def lora_grads(x, g, A, B, scaling):\n"
+            "    grad_A = scaling * g.T @ x                     # B^T missing\n"
+            "    grad_B = scaling * g.T @ (x @ A.T)\n"
+            "    return grad_A, grad_B\n"
+            "\ncheck_exercise_5(lora_grads)\n",
+            "def lora_grads(x, g, A, B, scaling):\n"
+            "    return (g @ B).T @ x, g.T @ (x @ A.T)          # the scaling forgotten\n"
+            "\ncheck_exercise_5(lora_grads)\n",
+            "def lora_grads(x, g, A, B, scaling):\n"
+            "    n = len(x)                                     # averaged, not summed, over the batch\n"
+            "    return scaling * (g @ B).T @ x / n, scaling * g.T @ (x @ A.T) / n\n"
+            "\ncheck_exercise_5(lora_grads)\n"],
+        6: ["def loraplus_groups(model, lr, ratio):\n"
+            "    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]\n"
+            "    return [{'params': [p for n, p in trainable if 'lora_A' in n], 'lr': lr * ratio},   # lambda on A\n"
+            "            {'params': [p for n, p in trainable if 'lora_B' in n], 'lr': lr}]\n"
+            "\ncheck_exercise_6(loraplus_groups)\n",
+            "def loraplus_groups(model, lr, ratio):\n"
+            "    named = list(model.named_parameters())         # the frozen weights too\n"
+            "    return [{'params': [p for n, p in named if 'lora_B' not in n], 'lr': lr},\n"
+            "            {'params': [p for n, p in named if 'lora_B' in n], 'lr': lr * ratio}]\n"
+            "\ncheck_exercise_6(loraplus_groups)\n",
+            "def loraplus_groups(model, lr, ratio):\n"
+            "    return [{'params': [p for n, p in model.named_parameters() if 'lora_B' in n],\n"
+            "             'lr': lr * ratio}]                    # A left out\n"
+            "\ncheck_exercise_6(loraplus_groups)\n"],
     },
     "04_visualization": {
         1: ["def energy_share(m, reference, k):\n"
@@ -158,8 +218,29 @@ WRONG = {
             "\ncheck_exercise_3(amplification)\n"],
     },
     "07_lora_on_a_language_model": {
-        1: ["answer = 2 * 6 * 8 * (64 + 64)   # fc1 and fc2 taken as square\ncheck_exercise_1(answer)\n"],
-        2: ["answer = math.log(96)   # nats, not bits\ncheck_exercise_2(answer)\n"],
+        1: ["def frontier(points):\n"
+            "    return [i for i, p in enumerate(points)   # forgetting read as better when high\n"
+            "            if not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points)]\n"
+            "\ncheck_exercise_1(frontier)\n",
+            "def frontier(points):\n"
+            "    return [i for i, p in enumerate(points)   # strictly better in both: ties kept\n"
+            "            if not any(q[0] > p[0] and q[1] < p[1] for q in points)]\n"
+            "\ncheck_exercise_1(frontier)\n",
+            "def frontier(points):\n"
+            "    best = max(p[0] for p in points)          # only the most learning\n"
+            "    return [i for i, p in enumerate(points) if p[0] == best]\n"
+            "\ncheck_exercise_1(frontier)\n"],
+        2: ["answer = math.log2(96)   # the bias ignored: the uniform guess\ncheck_exercise_2(answer)\n",
+            "bias_only = copy.deepcopy(base)\n"
+            "with torch.no_grad():\n"
+            "    bias_only.lm_head.weight.zero_()\n"
+            "answer = L.bits_per_character(bias_only, data['docs', 'validation'])   # the docs, not the code\n"
+            "check_exercise_2(answer)\n",
+            "bias_only = copy.deepcopy(base)\n"
+            "with torch.no_grad():\n"
+            "    bias_only.lm_head.weight.zero_()\n"
+            "answer = L.bits_per_character(bias_only, data['code', 'validation']) * math.log(2)   # nats\n"
+            "check_exercise_2(answer)\n"],
         3: ["def next_char_greedy(model, ids):\n"
             "    with torch.no_grad():\n"
             "        return model(ids)[0, 0].argmax().item()   # the first position\n"
@@ -301,8 +382,20 @@ SPECIFIC_GAMING = {
             "\ncheck_exercise_3(max_rank)\n"],
     },
     "03_implementation": {
-        1: ["import lora_helpers\nlora_helpers.count_parameters = lambda model: (7, 0)\n"
-            "answer = 7\ncheck_exercise_1(answer)\n"],
+        1: ["torch.linalg.matrix_rank = lambda m: torch.tensor(7)   # the check computes ranks with this\n"
+            "answer = (7, 7, 7)\ncheck_exercise_1(answer)\n",
+            "adapter_transposed = adapter_flipped   # the check reads both adapters\n"
+            "answer = (4, 64, 4)\ncheck_exercise_1(answer)\n"],
+        6: ["def loraplus_groups(model, lr, ratio):   # the package answers for the student\n"
+            "    return L.create_loraplus_optimizer(model, torch.optim.AdamW, lr=lr,\n"
+            "                                       loraplus_lr_ratio=ratio).param_groups\n"
+            "\ncheck_exercise_6(loraplus_groups)\n",
+            "def loraplus_groups(model, lr, ratio):\n"
+            "    from lora_helpers.optimizers import loraplus_parameter_groups\n"
+            "    groups = loraplus_parameter_groups(model)\n"
+            "    return [{'params': list(groups['groupA'].values()), 'lr': lr},\n"
+            "            {'params': list(groups['groupB'].values()), 'lr': lr * ratio}]\n"
+            "\ncheck_exercise_6(loraplus_groups)\n"],
     },
     "08_lora_variants": {
         1: ['budget["DoRA r=4"] = budget["LoRA r=4"] + 7   # the check reads budget\n'
