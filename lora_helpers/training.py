@@ -17,6 +17,13 @@ from .data import DigitsSplit, load_digits_split
 from .models import TinyTransformerClassifier
 from .text import sample_batch
 
+FOREACH = True
+"""Adam(W)'s ``foreach`` implementation, used by ``train``, ``train_language_model`` and
+``create_loraplus_optimizer``. On the CPU torch defaults to a Python loop over the parameters;
+``foreach=True`` runs the same per-tensor operations from one call, so the trained weights are
+bit-identical (``tests/test_training.py`` checks it on every path the notebooks use) and a
+small model's training step is about a tenth faster."""
+
 __all__ = ["History", "progress_bar", "train", "evaluate", "optimizer_state_bytes", "pretrain_digits_classifier",
            "train_language_model", "bits_per_character"]
 
@@ -100,32 +107,36 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, *, epo
         raise ValueError("no parameter requires grad: nothing to train (did you freeze everything?)")
 
     if optimizer is None:
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=FOREACH)
     elif {id(p) for g in optimizer.param_groups for p in g["params"]} != {id(p) for p in params}:
         raise ValueError("the optimizer must hold exactly the model's parameters that require "
                          "grad; build it after freezing (e.g. after apply_lora)")
+    y_low, y_high = y_train.min().item(), y_train.max().item()
     generator = torch.Generator().manual_seed(seed)
     history = History(optimizer=optimizer)
     start = time.perf_counter()
-    for _ in tqdm(range(epochs), desc="epochs", disable=not show_progress(progress), leave=False):
+    for epoch in tqdm(range(epochs), desc="epochs", disable=not show_progress(progress), leave=False):
         model.train()
         order = torch.randperm(len(y_train), generator=generator)  # (n,)
-        total_loss, correct = 0.0, 0
+        losses, corrects = [], []  # per batch, read once per epoch (no .item() per step)
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]  # (batch,)
+            y = y_train[idx]  # (batch,)
             logits = model(x_train[idx])  # (batch, n_classes)
-            if y_train[idx].max() >= logits.shape[1] or y_train[idx].min() < 0:
+            if epoch == 0 and i == 0 and (y_high >= logits.shape[1] or y_low < 0):
                 raise ValueError(f"labels must be in [0, {logits.shape[1]}) for a model with "
-                                 f"{logits.shape[1]} outputs, got labels from "
-                                 f"{y_train.min().item()} to {y_train.max().item()}")
-            loss = nn.functional.cross_entropy(logits, y_train[idx])
+                                 f"{logits.shape[1]} outputs, got labels from {y_low} to {y_high}")
+            loss = nn.functional.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total_loss += loss.item() * len(idx)
-            correct += (logits.argmax(dim=1) == y_train[idx]).sum().item()
+            losses.append(loss.detach())
+            corrects.append((logits.argmax(dim=1) == y).sum())
+        total_loss = 0.0  # a float64 sum of loss × batch size, batch by batch
+        for i, batch_loss in zip(range(0, len(order), batch_size), torch.stack(losses).tolist()):
+            total_loss += batch_loss * min(batch_size, len(order) - i)
         history.loss.append(total_loss / len(order))
-        history.train_accuracy.append(correct / len(order))
+        history.train_accuracy.append(int(torch.stack(corrects).sum()) / len(order))
         if x_val is not None:
             history.val_accuracy.append(evaluate(model, x_val, y_val))
     model.eval()
@@ -269,10 +280,11 @@ def train_language_model(model: nn.Module, data: torch.Tensor, *, steps: int, lr
     if not params:
         raise ValueError("no parameter requires grad: nothing to train (did you freeze everything?)")
 
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=FOREACH)
     generator = torch.Generator().manual_seed(seed)
     history = History(optimizer=optimizer)
     start = time.perf_counter()
+    losses = []  # per step, read once at the end (no .item() per step)
     model.train()
     for step in tqdm(range(1, steps + 1), desc=desc, disable=not show_progress(progress), leave=False):
         x, y = sample_batch(data, context, batch_size, generator)  # (B, T), (B, T)
@@ -281,10 +293,11 @@ def train_language_model(model: nn.Module, data: torch.Tensor, *, steps: int, lr
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        history.loss.append(loss.item())
+        losses.append(loss.detach())
         if val_data is not None and (step == steps or (eval_every and step % eval_every == 0)):
             history.val_bpc.append(bits_per_character(model, val_data, context=context))
             history.eval_steps.append(step)
+    history.loss = torch.stack(losses).tolist()
     model.eval()
     history.seconds = time.perf_counter() - start
     return history
