@@ -429,3 +429,17 @@ def test_train_checks_the_label_range_before_the_first_step(data):
     with pytest.raises(ValueError, match=r"labels must be in \[0, 10\).*from 0 to 10"):
         train(model, x, bad, epochs=1, lr=1e-2, progress=False)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before.parameters()))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"d_model": 128, "patch_size": 4},
+                                    {"d_model": 64, "n_layers": 1, "patch_size": 4, "mlp_ratio": 2}])
+def test_logits_do_not_depend_on_the_evaluation_batch(kwargs):
+    # evaluate's batch size is a speed setting only: the notebooks' models (04-06's default, 05's
+    # wide one, 08's small one, with LoRA) give bit-identical logits in batches of 512 and 256.
+    split = load_digits_split()
+    x = torch.cat([split.x_train, split.x_test])[:1047]   # a validation split's size
+    torch.manual_seed(0)
+    model = apply_lora(TinyTransformerClassifier(**kwargs), ["q_proj", "v_proj"], r=4).eval()
+    with torch.no_grad():
+        by_512, by_256 = (torch.cat([model(x[i:i + b]) for i in range(0, len(x), b)]) for b in (512, 256))
+    assert torch.equal(by_512, by_256)
