@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from lora_helpers import (apply_lora, create_loraplus_optimizer, evaluate, load_digits_split, optimizer_state_bytes,
-                          progress_bar, quantize_model, sample_batch, sweep_learning_rate, train, TinyTransformerClassifier)
+                          pretrain_digits_classifier, progress_bar, quantize_model, sample_batch, sweep_learning_rate, train,
+                          TinyTransformerClassifier)
 
 
 @pytest.fixture(scope="module")
@@ -443,3 +444,40 @@ def test_logits_do_not_depend_on_the_evaluation_batch(kwargs):
     with torch.no_grad():
         by_512, by_256 = (torch.cat([model(x[i:i + b]) for i in range(0, len(x), b)]) for b in (512, 256))
     assert torch.equal(by_512, by_256)
+
+
+# --- pretrain_digits_classifier keeps its weights on disk ---------------------------------------
+
+def test_pretrained_weights_are_cached_bit_identically(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORA_HELPERS_CACHE", str(tmp_path))
+    kwargs = dict(seed=3, epochs=1, d_model=16, n_heads=2, n_layers=1, mlp_ratio=2)
+    trained, split, history = pretrain_digits_classifier(**kwargs)
+    after_training = torch.get_rng_state()
+    assert len(list(tmp_path.glob("digits-*.pt"))) == 1 and history.optimizer is not None
+    loaded, _, stored = pretrain_digits_classifier(**kwargs)
+    assert torch.equal(torch.get_rng_state(), after_training)   # the global generator as if trained
+    assert stored.loss == history.loss and stored.train_accuracy == history.train_accuracy
+    assert stored.optimizer is None and not loaded.training
+    for (name, p), q in zip(trained.named_parameters(), loaded.parameters()):
+        assert torch.equal(p, q), name
+    fresh, _, _ = pretrain_digits_classifier(**kwargs, cache=False)   # trains again: the same weights
+    assert all(torch.equal(p, q) for p, q in zip(fresh.parameters(), loaded.parameters()))
+    pretrain_digits_classifier(**{**kwargs, "seed": 4})               # other settings: another file
+    assert len(list(tmp_path.glob("digits-*.pt"))) == 2
+
+
+def test_pretraining_cache_can_be_switched_off_and_survives_a_broken_file(tmp_path, monkeypatch):
+    kwargs = dict(seed=0, epochs=1, d_model=16, n_heads=2, n_layers=1, mlp_ratio=2)
+    monkeypatch.setenv("LORA_HELPERS_CACHE", "off")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    pretrain_digits_classifier(**kwargs)
+    assert not any(tmp_path.rglob("*.pt"))
+    monkeypatch.setenv("LORA_HELPERS_CACHE", str(tmp_path))
+    reference, _, _ = pretrain_digits_classifier(**kwargs, cache=False)
+    pretrain_digits_classifier(**kwargs)
+    (path,) = tmp_path.glob("digits-*.pt")
+    path.write_bytes(b"not a checkpoint")
+    model, _, history = pretrain_digits_classifier(**kwargs)          # trains again, replaces the file
+    assert history.optimizer is not None
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), reference.parameters()))
+    assert torch.load(path, weights_only=True)["loss"] == history.loss
