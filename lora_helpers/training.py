@@ -193,7 +193,7 @@ def _pretrain_key(**settings) -> str:
     return digest.hexdigest()[:24]
 
 
-def pretrain_digits_classifier(seed: int = 0, epochs: int = 20, lr: float = 3e-3,
+def pretrain_digits_classifier(seed: int = 0, epochs: int = 20, lr: float = 3e-3, batch_size: int = 64,
                                progress: bool = False, cache: bool = True, **model_kwargs
                                ) -> tuple[TinyTransformerClassifier, DigitsSplit, History]:
     """Build a ``TinyTransformerClassifier`` and train it on the original digits.
@@ -210,6 +210,10 @@ def pretrain_digits_classifier(seed: int = 0, epochs: int = 20, lr: float = 3e-3
     threads and the CPU's instruction set; a loaded model is bit-identical to a trained one, and
     the global random generator is left in the same state. ``cache=False`` always trains.
 
+    Args:
+        seed, epochs, lr, batch_size: the recipe (``train``'s AdamW, no weight decay).
+        model_kwargs: passed to ``TinyTransformerClassifier`` (e.g. ``d_model=128, patch_size=4``).
+
     Returns:
         ``(model in eval mode, the original-digits split, training history)``; for a loaded
         model the history holds the stored losses, accuracies and seconds, and no optimizer.
@@ -218,7 +222,8 @@ def pretrain_digits_classifier(seed: int = 0, epochs: int = 20, lr: float = 3e-3
     torch.manual_seed(seed)
     model = TinyTransformerClassifier(**model_kwargs)  # draws from the global generator: always
     folder = _cache_dir() if cache else None
-    path = folder and folder / f"digits-{_pretrain_key(seed=seed, epochs=epochs, lr=lr, **model_kwargs)}.pt"
+    path = folder and folder / f"digits-{_pretrain_key(seed=seed, epochs=epochs, lr=lr, batch_size=batch_size,
+                                                                **model_kwargs)}.pt"
     if path and path.is_file():
         try:
             stored = torch.load(path, weights_only=True)
@@ -229,7 +234,7 @@ def pretrain_digits_classifier(seed: int = 0, epochs: int = 20, lr: float = 3e-3
             torch.manual_seed(seed)
             model = TinyTransformerClassifier(**model_kwargs)
     history = train(model, split.x_train, split.y_train, epochs=epochs, lr=lr, seed=seed,
-                    progress=progress)
+                    batch_size=batch_size, progress=progress)
     if path:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
