@@ -222,8 +222,8 @@ def pretrain_digits_classifier(seed: int = 0, epochs: int = 20, lr: float = 3e-3
     torch.manual_seed(seed)
     model = TinyTransformerClassifier(**model_kwargs)  # draws from the global generator: always
     folder = _cache_dir() if cache else None
-    path = folder and folder / f"digits-{_pretrain_key(seed=seed, epochs=epochs, lr=lr, batch_size=batch_size,
-                                                                **model_kwargs)}.pt"
+    path = None if folder is None else folder / "digits-{}.pt".format(
+        _pretrain_key(seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, **model_kwargs))
     if path and path.is_file():
         try:
             stored = torch.load(path, weights_only=True)
