@@ -11,8 +11,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from ._checks import check_int
 
@@ -73,6 +71,11 @@ def load_digits_split(test_size: float = 0.25, seed: int = 0) -> DigitsSplit:
     if isinstance(test_size, bool) or not isinstance(test_size, (int, float)) \
             or not 0.0 < test_size < 1.0:
         raise ValueError(f"test_size must be in (0, 1), got {test_size!r}; e.g. 0.25")
+    # Imported here, not at the top: scikit-learn (and SciPy under it) takes a second or more to
+    # import, and only this loader needs it (notebooks 07, 09, 10 never load the digits).
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     images, labels = load_digits(return_X_y=True)  # (1797, 64) floats in 0..16, (1797,)
     x = torch.tensor(images / 16.0, dtype=torch.float32).view(-1, 8, 8)  # (n, 8, 8) in [0, 1]
     y = torch.tensor(labels, dtype=torch.int64)  # (n,)

@@ -26,12 +26,14 @@ refused here with a pointer to ``loraplus_weight_decay``.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 from torch import nn
 
 from ._checks import check_positive
+from .training import FOREACH
 
 __all__ = ["create_loraplus_optimizer", "loraplus_parameter_groups"]
 
@@ -82,6 +84,8 @@ def create_loraplus_optimizer(model: nn.Module, optimizer_cls: type[torch.optim.
         loraplus_lr_ratio: ``λ = lr_B / lr_A``, > 0 (the paper and PEFT suggest λ ≥ 1).
         optimizer_kwargs: passed to ``optimizer_cls``, except PEFT's two LoRA+ options
             ``loraplus_weight_decay`` (default 0.0) and ``loraplus_lr_embedding`` (default 1e-6).
+            Unless given, ``foreach=True`` for an optimizer that takes it (the same numbers as
+            torch's default, faster on the CPU: see ``training.FOREACH``).
     Returns:
         ``optimizer_cls`` with four parameter groups, in PEFT's order: A, embedding, B,
         B without weight decay (a group may be empty).
@@ -110,4 +114,6 @@ def create_loraplus_optimizer(model: nn.Module, optimizer_cls: type[torch.optim.
         {"params": list(groups["groupB_no_decay"].values()), "weight_decay": 0.0,
          "lr": lr * ratio},
     ]
+    if "foreach" in inspect.signature(optimizer_cls).parameters:
+        optimizer_kwargs.setdefault("foreach", FOREACH)
     return optimizer_cls(param_groups, lr=lr, **optimizer_kwargs)

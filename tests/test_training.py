@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from lora_helpers import (apply_lora, evaluate, load_digits_split, optimizer_state_bytes, progress_bar, sweep_learning_rate, train,
+from lora_helpers import (apply_lora, create_loraplus_optimizer, evaluate, load_digits_split, optimizer_state_bytes,
+                          pretrain_digits_classifier, progress_bar, quantize_model, sample_batch, sweep_learning_rate, train,
                           TinyTransformerClassifier)
 
 
@@ -307,3 +308,176 @@ def test_train_with_optimizer_refuses_lr_and_foreign_parameters(data):
     with pytest.raises(ValueError, match="exactly the model's parameters"):
         train(model, x, y, epochs=1, lr=None, optimizer=torch.optim.AdamW(nn.Linear(2, 2).parameters()),
               progress=False)
+
+
+# --- Adam(W) with foreach=True: the same weights as torch's default, bit for bit ---------------
+# On the CPU torch's default Adam(W) loops over the parameters in Python; train,
+# train_language_model and create_loraplus_optimizer use foreach=True (faster). Every path the
+# notebooks train is compared with a plain loop (torch's default optimizer, one .item() per step,
+# the label check in every batch: the loop these functions had before), with torch.equal.
+
+def reference_train(model, x, y, *, epochs, lr, weight_decay=0.0, batch_size=64, seed=0, optimizer=None):
+    optimizer = optimizer or torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                               lr=lr, weight_decay=weight_decay, foreach=False)
+    generator = torch.Generator().manual_seed(seed)
+    losses, accuracies = [], []
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(y), generator=generator)
+        total_loss, correct = 0.0, 0
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            logits = model(x[idx])
+            loss = nn.functional.cross_entropy(logits, y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item() * len(idx)
+            correct += (logits.argmax(dim=1) == y[idx]).sum().item()
+        losses.append(total_loss / len(order))
+        accuracies.append(correct / len(order))
+    model.eval()
+    return losses, accuracies
+
+
+def full_width_model(seed=0):
+    torch.manual_seed(seed)
+    return TinyTransformerClassifier()   # the notebooks' default size (d_model 64, 2 blocks)
+
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+PATHS = {   # name -> the model to train (the notebooks' full fine-tuning and adapters)
+    "full fine-tuning": lambda: full_width_model(),
+    "LoRA q,v": lambda: apply_lora(full_width_model(), ["q_proj", "v_proj"], r=4),
+    "DoRA": lambda: apply_lora(full_width_model(), ALL_LINEAR, r=4, use_dora=True),
+    "PiSSA": lambda: apply_lora(full_width_model(), ALL_LINEAR, r=4, init_lora_weights="pissa"),
+    "LoRA on NF4": lambda: apply_lora(quantize_model(full_width_model(), exclude_modules=["head"]),
+                                      ALL_LINEAR, r=4),
+}
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+@pytest.mark.parametrize("path", PATHS)
+def test_train_is_bit_identical_to_torchs_default_adamw_loop(data, path, weight_decay):
+    x, y, *_ = data
+    ours = PATHS[path]()
+    theirs = copy.deepcopy(ours)
+    history = train(ours, x, y, epochs=2, lr=1e-2, weight_decay=weight_decay, seed=5, progress=False)
+    assert history.optimizer.defaults["foreach"] is True
+    losses, accuracies = reference_train(theirs, x, y, epochs=2, lr=1e-2, weight_decay=weight_decay, seed=5)
+    assert history.loss == losses and history.train_accuracy == accuracies
+    for (name, p), q in zip(ours.named_parameters(), theirs.parameters()):
+        assert torch.equal(p, q), name
+
+
+@pytest.mark.parametrize("optimizer_cls, decay", [(torch.optim.AdamW, 0.0), (torch.optim.AdamW, 0.01),
+                                                  (torch.optim.Adam, 0.0)])
+def test_loraplus_optimizer_is_bit_identical_to_torchs_default(data, optimizer_cls, decay):
+    x, y, *_ = data
+    ours = apply_lora(full_width_model(), ALL_LINEAR, r=4, use_dora=True)   # magnitudes: 1-D, group B
+    ours.head.requires_grad_(True)       # a trainable head (2-D weight with A, bias with B), as in 08
+    theirs = copy.deepcopy(ours)
+    optimizer = create_loraplus_optimizer(ours, optimizer_cls, lr=1e-3, loraplus_lr_ratio=16,
+                                          loraplus_weight_decay=decay)
+    assert optimizer.defaults["foreach"] is True
+    head = list(ours.head.parameters())   # 08 moves the head into a group of its own
+    for group in optimizer.param_groups:
+        group["params"] = [p for p in group["params"] if all(p is not h for h in head)]
+    optimizer.add_param_group({"params": head, "lr": 3e-3, "weight_decay": 0.0})
+    history = train(ours, x, y, epochs=2, lr=None, optimizer=optimizer, progress=False)
+    default = create_loraplus_optimizer(theirs, optimizer_cls, lr=1e-3, loraplus_lr_ratio=16,
+                                        loraplus_weight_decay=decay, foreach=False)
+    head = list(theirs.head.parameters())
+    for group in default.param_groups:
+        group["params"] = [p for p in group["params"] if all(p is not h for h in head)]
+    default.add_param_group({"params": head, "lr": 3e-3, "weight_decay": 0.0})
+    losses, accuracies = reference_train(theirs, x, y, epochs=2, lr=None, optimizer=default)
+    assert history.loss == losses and history.train_accuracy == accuracies
+    for (name, p), q in zip(ours.named_parameters(), theirs.parameters()):
+        assert torch.equal(p, q), name
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_language_model_training_is_bit_identical_to_torchs_default_adamw_loop(lora):
+    data = periodic_ids()
+    ours = apply_lora(tiny_gpt(), ["q_proj", "v_proj"], r=2) if lora else tiny_gpt()
+    theirs = copy.deepcopy(ours)
+    history = train_language_model(ours, data, steps=12, lr=1e-2, batch_size=8, weight_decay=0.01, seed=2,
+                                   progress=False)
+    assert history.optimizer.defaults["foreach"] is True
+    optimizer = torch.optim.AdamW([p for p in theirs.parameters() if p.requires_grad], lr=1e-2,
+                                  weight_decay=0.01, foreach=False)
+    generator, losses = torch.Generator().manual_seed(2), []
+    theirs.train()
+    for _ in range(12):
+        xb, yb = sample_batch(data, theirs.context, 8, generator)
+        loss = nn.functional.cross_entropy(theirs(xb).flatten(0, 1), yb.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert history.loss == losses
+    for (name, p), q in zip(ours.named_parameters(), theirs.parameters()):
+        assert torch.equal(p, q), name
+
+
+def test_train_checks_the_label_range_before_the_first_step(data):
+    x, y, *_ = data
+    model = small_model()
+    before = copy.deepcopy(model)
+    bad = y.clone()
+    bad[-1] = 10   # the last image, in the last batch of the epoch
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 10\).*from 0 to 10"):
+        train(model, x, bad, epochs=1, lr=1e-2, progress=False)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before.parameters()))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"d_model": 128, "patch_size": 4},
+                                    {"d_model": 64, "n_layers": 1, "patch_size": 4, "mlp_ratio": 2}])
+def test_logits_do_not_depend_on_the_evaluation_batch(kwargs):
+    # evaluate's batch size is a speed setting only: the notebooks' models (04-06's default, 05's
+    # wide one, 08's small one, with LoRA) give bit-identical logits in batches of 512 and 256.
+    split = load_digits_split()
+    x = torch.cat([split.x_train, split.x_test])[:1047]   # a validation split's size
+    torch.manual_seed(0)
+    model = apply_lora(TinyTransformerClassifier(**kwargs), ["q_proj", "v_proj"], r=4).eval()
+    with torch.no_grad():
+        by_512, by_256 = (torch.cat([model(x[i:i + b]) for i in range(0, len(x), b)]) for b in (512, 256))
+    assert torch.equal(by_512, by_256)
+
+
+# --- pretrain_digits_classifier keeps its weights on disk ---------------------------------------
+
+def test_pretrained_weights_are_cached_bit_identically(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORA_HELPERS_CACHE", str(tmp_path))
+    kwargs = dict(seed=3, epochs=1, d_model=16, n_heads=2, n_layers=1, mlp_ratio=2)
+    trained, split, history = pretrain_digits_classifier(**kwargs)
+    after_training = torch.get_rng_state()
+    assert len(list(tmp_path.glob("digits-*.pt"))) == 1 and history.optimizer is not None
+    loaded, _, stored = pretrain_digits_classifier(**kwargs)
+    assert torch.equal(torch.get_rng_state(), after_training)   # the global generator as if trained
+    assert stored.loss == history.loss and stored.train_accuracy == history.train_accuracy
+    assert stored.optimizer is None and not loaded.training
+    for (name, p), q in zip(trained.named_parameters(), loaded.parameters()):
+        assert torch.equal(p, q), name
+    fresh, _, _ = pretrain_digits_classifier(**kwargs, cache=False)   # trains again: the same weights
+    assert all(torch.equal(p, q) for p, q in zip(fresh.parameters(), loaded.parameters()))
+    pretrain_digits_classifier(**{**kwargs, "seed": 4})               # other settings: another file
+    assert len(list(tmp_path.glob("digits-*.pt"))) == 2
+
+
+def test_pretraining_cache_can_be_switched_off_and_survives_a_broken_file(tmp_path, monkeypatch):
+    kwargs = dict(seed=0, epochs=1, d_model=16, n_heads=2, n_layers=1, mlp_ratio=2)
+    monkeypatch.setenv("LORA_HELPERS_CACHE", "off")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    pretrain_digits_classifier(**kwargs)
+    assert not any(tmp_path.rglob("*.pt"))
+    monkeypatch.setenv("LORA_HELPERS_CACHE", str(tmp_path))
+    reference, _, _ = pretrain_digits_classifier(**kwargs, cache=False)
+    pretrain_digits_classifier(**kwargs)
+    (path,) = tmp_path.glob("digits-*.pt")
+    path.write_bytes(b"not a checkpoint")
+    model, _, history = pretrain_digits_classifier(**kwargs)          # trains again, replaces the file
+    assert history.optimizer is not None
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), reference.parameters()))
+    assert torch.load(path, weights_only=True)["loss"] == history.loss
