@@ -209,11 +209,28 @@ WRONG = {
             "def rank_for_budget(budget, d_model, n_layers, n_types):\n"
             "    return budget // (2 * d_model * n_layers * n_types)   # never raises\n"
             "\ncheck_exercise_1(rank_for_budget)\n"],
-        2: ["def phi_baseline(i, j, d):\n    return min(i, j) / d\n\ncheck_exercise_2(phi_baseline)\n",
-            "def phi_baseline(i, j, d):\n    return i * j / d ** 2\n\ncheck_exercise_2(phi_baseline)\n"],
+        2: ["def phi_shared(i, j, d, s):\n"
+            "    return max(i, j) / d                                # the shared directions ignored\n"
+            "\ncheck_exercise_2(phi_shared)\n",
+            "def phi_shared(i, j, d, s):\n"
+            "    return (s + (i - s) * (j - s) / d) / min(i, j)      # the rest as if it had all d dimensions\n"
+            "\ncheck_exercise_2(phi_shared)\n",
+            "def phi_shared(i, j, d, s):\n"
+            "    return s / min(i, j) + max(i, j) / d                # the chance level added on top\n"
+            "\ncheck_exercise_2(phi_shared)\n"],
         3: ["def amplification(delta_w, w, r):\n"
             "    U, S, Vh = torch.linalg.svd(w.double())   # the directions of W, not of delta W\n"
             "    projected = U[:, :r].T @ w.double() @ Vh[:r].T\n"
+            "    return float(delta_w.double().norm() / projected.norm())\n"
+            "\ncheck_exercise_3(amplification)\n",
+            "def amplification(delta_w, w, r):\n"
+            "    U, S, Vh = torch.linalg.svd(delta_w.double())\n"
+            "    projected = U[:, :r].T @ w.double() @ Vh[:r].T\n"
+            "    return float(projected.norm() / delta_w.double().norm())   # the ratio upside down\n"
+            "\ncheck_exercise_3(amplification)\n",
+            "def amplification(delta_w, w, r):\n"
+            "    U, S, Vh = torch.linalg.svd(delta_w.double())\n"
+            "    projected = U[:, :r].T @ w.double() @ Vh[:, :r]    # the columns of Vh, not its rows\n"
             "    return float(delta_w.double().norm() / projected.norm())\n"
             "\ncheck_exercise_3(amplification)\n"],
     },
@@ -396,6 +413,16 @@ SPECIFIC_GAMING = {
             "    return [{'params': list(groups['groupA'].values()), 'lr': lr},\n"
             "            {'params': list(groups['groupB'].values()), 'lr': lr * ratio}]\n"
             "\ncheck_exercise_6(loraplus_groups)\n"],
+    },
+    "06_understanding_low_rank_updates": {
+        3: ["def amplification(delta_w, w, r):   # the package answers for the student\n"
+            "    return L.amplification_factor(delta_w, w, r)\n"
+            "\ncheck_exercise_3(amplification)\n",
+            "def amplification(delta_w, w, r):\n"
+            "    from lora_helpers.rank import top_singular_vectors\n"
+            "    U, V = top_singular_vectors(delta_w, r)\n"
+            "    return float(delta_w.norm() / (U.T @ w @ V.T).norm())\n"
+            "\ncheck_exercise_3(amplification)\n"],
     },
     "08_lora_variants": {
         1: ['budget["DoRA r=4"] = budget["LoRA r=4"] + 7   # the check reads budget\n'
