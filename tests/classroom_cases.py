@@ -209,11 +209,28 @@ WRONG = {
             "def rank_for_budget(budget, d_model, n_layers, n_types):\n"
             "    return budget // (2 * d_model * n_layers * n_types)   # never raises\n"
             "\ncheck_exercise_1(rank_for_budget)\n"],
-        2: ["def phi_baseline(i, j, d):\n    return min(i, j) / d\n\ncheck_exercise_2(phi_baseline)\n",
-            "def phi_baseline(i, j, d):\n    return i * j / d ** 2\n\ncheck_exercise_2(phi_baseline)\n"],
+        2: ["def phi_shared(i, j, d, s):\n"
+            "    return max(i, j) / d                                # the shared directions ignored\n"
+            "\ncheck_exercise_2(phi_shared)\n",
+            "def phi_shared(i, j, d, s):\n"
+            "    return (s + (i - s) * (j - s) / d) / min(i, j)      # the rest as if it had all d dimensions\n"
+            "\ncheck_exercise_2(phi_shared)\n",
+            "def phi_shared(i, j, d, s):\n"
+            "    return s / min(i, j) + max(i, j) / d                # the chance level added on top\n"
+            "\ncheck_exercise_2(phi_shared)\n"],
         3: ["def amplification(delta_w, w, r):\n"
             "    U, S, Vh = torch.linalg.svd(w.double())   # the directions of W, not of delta W\n"
             "    projected = U[:, :r].T @ w.double() @ Vh[:r].T\n"
+            "    return float(delta_w.double().norm() / projected.norm())\n"
+            "\ncheck_exercise_3(amplification)\n",
+            "def amplification(delta_w, w, r):\n"
+            "    U, S, Vh = torch.linalg.svd(delta_w.double())\n"
+            "    projected = U[:, :r].T @ w.double() @ Vh[:r].T\n"
+            "    return float(projected.norm() / delta_w.double().norm())   # the ratio upside down\n"
+            "\ncheck_exercise_3(amplification)\n",
+            "def amplification(delta_w, w, r):\n"
+            "    U, S, Vh = torch.linalg.svd(delta_w.double())\n"
+            "    projected = U[:, :r].T @ w.double() @ Vh[:, :r]    # the columns of Vh, not its rows\n"
             "    return float(delta_w.double().norm() / projected.norm())\n"
             "\ncheck_exercise_3(amplification)\n"],
     },
@@ -247,7 +264,9 @@ WRONG = {
             "\ncheck_exercise_3(next_char_greedy)\n"],
     },
     "08_lora_variants": {
-        1: ["answer = 64   # one layer\ncheck_exercise_1(answer)\n"],
+        1: ["answer = 2 * 64   # the one-block model of section 5\ncheck_exercise_1(answer)\n",
+            "answer = 2 * (64 + 64 + 64)   # fc1's input width, not its output\ncheck_exercise_1(answer)\n",
+            "answer = 64 + 64 + 128   # one block only\ncheck_exercise_1(answer)\n"],
         2: ["def pissa_init(w0, r, scaling):\n"
             "    U, S, Vh = torch.linalg.svd(w0, full_matrices=False)\n"
             "    root = torch.sqrt(S[:r])                     # the scaling forgotten\n"
@@ -266,10 +285,33 @@ WRONG = {
             "    B = U[:, :r] * (S[:r] / scaling)[None, :]\n"
             "    return A, B, w0 - scaling * B @ A\n"
             "\ncheck_exercise_2(pissa_init)\n"],
-        3: ["answer = 2e-4   # A's rate\ncheck_exercise_3(answer)\n"],
-        4: ["def nf4_layer_bytes(out_features, in_features, double_quant):\n"
+        3: ["answer = ((1.6e-3, 0.1), (1.6e-3, 0.1))   # every fast parameter decayed\ncheck_exercise_3(answer)\n",
+            "answer = ((1.6e-3, 0.0), (1.6e-3, 0.0))   # 1-D parameters never decayed\ncheck_exercise_3(answer)\n",
+            "answer = ((2e-4, 0.1), (2e-4, 0.0))   # A's rate: only lora_B is fast\ncheck_exercise_3(answer)\n"],
+        4: ["def nf4_layer_bytes(out_features, in_features, double_quant, block_size):\n"
             "    n = out_features * in_features\n"
-            "    return n // 2 + 4 * (n // 64)   # double quantization ignored\n"
+            "    if n % block_size:\n"
+            "        raise ValueError(block_size)\n"
+            "    blocks = n // 64                          # QLoRA's block size, whatever block_size\n"
+            "    if not double_quant:\n"
+            "        return n // 2 + 4 * blocks\n"
+            "    return n // 2 + blocks + 4 * math.ceil(blocks / 256) + 4\n"
+            "\ncheck_exercise_4(nf4_layer_bytes)\n",
+            "def nf4_layer_bytes(out_features, in_features, double_quant, block_size):\n"
+            "    n = out_features * in_features\n"
+            "    if n % block_size:\n"
+            "        raise ValueError(block_size)\n"
+            "    blocks = n // block_size\n"
+            "    if not double_quant:\n"
+            "        return n // 2 + 4 * blocks\n"
+            "    return n // 2 + blocks + 4 * (blocks // 256) + 4   # a partial group of 256 dropped\n"
+            "\ncheck_exercise_4(nf4_layer_bytes)\n",
+            "def nf4_layer_bytes(out_features, in_features, double_quant, block_size):\n"
+            "    n = out_features * in_features           # never refuses a block size\n"
+            "    blocks = n // block_size\n"
+            "    if not double_quant:\n"
+            "        return n // 2 + 4 * blocks\n"
+            "    return n // 2 + blocks + 4 * math.ceil(blocks / 256) + 4\n"
             "\ncheck_exercise_4(nf4_layer_bytes)\n"],
         5: ["answer = 1   # the same rate\ncheck_exercise_5(answer)\n",
             "answer = 0.25   # the ratio upside down\ncheck_exercise_5(answer)\n"],
@@ -397,9 +439,26 @@ SPECIFIC_GAMING = {
             "            {'params': list(groups['groupB'].values()), 'lr': lr * ratio}]\n"
             "\ncheck_exercise_6(loraplus_groups)\n"],
     },
+    "06_understanding_low_rank_updates": {
+        3: ["def amplification(delta_w, w, r):   # the package answers for the student\n"
+            "    return L.amplification_factor(delta_w, w, r)\n"
+            "\ncheck_exercise_3(amplification)\n",
+            "def amplification(delta_w, w, r):\n"
+            "    from lora_helpers.rank import top_singular_vectors\n"
+            "    U, V = top_singular_vectors(delta_w, r)\n"
+            "    return float(delta_w.norm() / (U.T @ w @ V.T).norm())\n"
+            "\ncheck_exercise_3(amplification)\n"],
+    },
     "08_lora_variants": {
-        1: ['budget["DoRA r=4"] = budget["LoRA r=4"] + 7   # the check reads budget\n'
-            "answer = 7\ncheck_exercise_1(answer)\n"],
+        1: ["copy.deepcopy = lambda model: L.TinyTransformerClassifier(d_model=4, n_heads=1, n_layers=1)\n"
+            "answer = 7   # the check copies the model with this\ncheck_exercise_1(answer)\n"],
+        4: ["def nf4_layer_bytes(out_features, in_features, double_quant, block_size):   # the package answers\n"
+            "    return L.quantize_nf4(torch.zeros(out_features, in_features), block_size=block_size,\n"
+            "                          double_quant=double_quant).nbytes\n"
+            "\ncheck_exercise_4(nf4_layer_bytes)\n",
+            "def nf4_layer_bytes(out_features, in_features, double_quant, block_size):   # section 6's helper\n"
+            "    return nf4_bytes(out_features * in_features, double_quant, block=block_size)\n"
+            "\ncheck_exercise_4(nf4_layer_bytes)\n"],
     },
     "09_peft_and_scaling": {
         1: ["class FakeFile:\n"
