@@ -134,12 +134,15 @@ def run_in_browser(page, port: int, name: str, timeout: float, shot: Path | None
     time.sleep(5)
     quiet, bar_shot = 0, shot is None
     # Done: an idle kernel and no [*] prompt for three polls in a row, and the last code cell has
-    # run; or twenty such polls (Run All stopped early: the check of the saved file reports it).
+    # run; or ninety such polls (Run All stopped early: the check of the saved file reports it).
     # The kernel can look idle for a moment between two cells, so idleness alone is not enough.
+    # Ninety, not fewer: in 08's student edition (JupyterLab 4.6, ipykernel 7) a 28-s cell that
+    # draws tqdm widgets showed neither a [*] prompt nor a busy kernel for over 20 polls while it
+    # ran (20 polls ended the wait mid-notebook; 90 saw Run All reach the end).
     last_ran = ("() => { const cells = window.jupyterapp.shell.currentWidget.content.widgets"
                 ".filter(w => w.model.type === 'code');"
                 " return cells.length > 0 && cells[cells.length - 1].model.executionCount !== null; }")
-    while not ((quiet >= 3 and page.evaluate(last_ran)) or quiet >= 20):
+    while not ((quiet >= 3 and page.evaluate(last_ran)) or quiet >= 90):
         if time.monotonic() - start > timeout:
             raise TimeoutError(f"{name}: still running after {timeout:.0f} s")
         if not bar_shot and page.locator(BAR_SELECTOR).count():   # the first live progress bar
