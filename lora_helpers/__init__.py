@@ -34,7 +34,8 @@ One concept per module:
 - ``text``: two pinned text corpora (Python's docs and standard-library source), a character
   tokenizer, a seeded split into contiguous blocks, random training windows.
 - ``training``: ``train``/``evaluate``, ``train_language_model``/``bits_per_character``,
-  optimizer-state bytes, the pretrained digits classifier.
+  optimizer-state bytes.
+- ``pretrained``: the pretrained digits classifier (kept on disk after its first training).
 - ``sweep``: the fair learning-rate sweep (one grid, several seeds, validation data, a tie rule).
 """
 
@@ -87,12 +88,12 @@ from .quantization import (
 from .state import checkpoint_bytes, load_lora_state_dict, lora_state_dict
 from .text import CORPORA, CharTokenizer, TextSplit, load_corpus, sample_batch, split_text
 from .sweep import LRSweep, sweep_learning_rate
+from .pretrained import pretrain_digits_classifier
 from .training import (
     History,
     bits_per_character,
     evaluate,
     optimizer_state_bytes,
-    pretrain_digits_classifier,
     progress_bar,
     train,
     train_language_model,

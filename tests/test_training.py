@@ -466,6 +466,20 @@ def test_pretrained_weights_are_cached_bit_identically(tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("digits-*.pt"))) == 2
 
 
+def test_a_loaded_base_says_so_with_a_progress_bar(tmp_path, monkeypatch, capsys):
+    # A learner who asked for progress sees where the base came from (nothing is drawn under
+    # TQDM_DISABLE, so stored notebook outputs do not depend on the cache).
+    monkeypatch.setenv("LORA_HELPERS_CACHE", str(tmp_path))
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    kwargs = dict(seed=5, epochs=1, d_model=16, n_heads=2, n_layers=1, mlp_ratio=2)
+    pretrain_digits_classifier(**kwargs)
+    capsys.readouterr()
+    pretrain_digits_classifier(**kwargs, progress=True)
+    assert f"pretrained base loaded from {tmp_path}" in capsys.readouterr().err
+    pretrain_digits_classifier(**kwargs, progress=False)
+    assert capsys.readouterr().err == ""
+
+
 def test_pretraining_cache_can_be_switched_off_and_survives_a_broken_file(tmp_path, monkeypatch):
     kwargs = dict(seed=0, epochs=1, d_model=16, n_heads=2, n_layers=1, mlp_ratio=2)
     monkeypatch.setenv("LORA_HELPERS_CACHE", "off")
