@@ -70,6 +70,26 @@ def _check_data(x: torch.Tensor, y: torch.Tensor, what: str) -> None:
                          f"{tuple(x.shape)} and y {tuple(y.shape)}")
 
 
+def _classifier_optimizer(model: nn.Module, lr: float | None, weight_decay: float,
+                          optimizer: torch.optim.Optimizer | None) -> torch.optim.Optimizer:
+    """``train``'s optimizer: AdamW over the parameters that require grad, or the given one,
+    checked to hold exactly those (then ``lr`` must be ``None``)."""
+    if optimizer is None:
+        lr = check_positive(lr, "lr", "1e-3")
+    elif lr is not None:
+        raise ValueError(f"pass lr=None with optimizer=...: the optimizer's own learning rates "
+                         f"are used, so lr={lr!r} would be ignored")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("no parameter requires grad: nothing to train (did you freeze everything?)")
+    if optimizer is None:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=FOREACH)
+    if {id(p) for g in optimizer.param_groups for p in g["params"]} != {id(p) for p in params}:
+        raise ValueError("the optimizer must hold exactly the model's parameters that require "
+                         "grad; build it after freezing (e.g. after apply_lora)")
+    return optimizer
+
+
 def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, *, epochs: int,
           lr: float | None, batch_size: int = 64, weight_decay: float = 0.0, seed: int = 0,
           x_val: torch.Tensor | None = None, y_val: torch.Tensor | None = None,
@@ -95,20 +115,7 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, *, epo
     if x_val is not None:
         _check_data(x_val, y_val, "validation data")
     epochs, batch_size = check_int(epochs, "epochs"), check_int(batch_size, "batch_size")
-    if optimizer is None:
-        lr = check_positive(lr, "lr", "1e-3")
-    elif lr is not None:
-        raise ValueError(f"pass lr=None with optimizer=...: the optimizer's own learning rates "
-                         f"are used, so lr={lr!r} would be ignored")
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("no parameter requires grad: nothing to train (did you freeze everything?)")
-
-    if optimizer is None:
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=FOREACH)
-    elif {id(p) for g in optimizer.param_groups for p in g["params"]} != {id(p) for p in params}:
-        raise ValueError("the optimizer must hold exactly the model's parameters that require "
-                         "grad; build it after freezing (e.g. after apply_lora)")
+    optimizer = _classifier_optimizer(model, lr, weight_decay, optimizer)
     y_low, y_high = y_train.min().item(), y_train.max().item()
     generator = torch.Generator().manual_seed(seed)
     history = History(optimizer=optimizer)
