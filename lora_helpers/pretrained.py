@@ -27,10 +27,13 @@ def _cache_dir() -> Path | None:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lora_helpers"
 
 
-def _pretrain_key(**settings) -> str:
-    """A name for one pretraining: its settings, this package's source code, torch's version,
-    the number of threads and the CPU's instruction set (each can change the trained weights)."""
+def _pretrain_key(split: DigitsSplit, **settings) -> str:
+    """A name for one pretraining: its settings, the training images and labels themselves (another
+    scikit-learn could split them differently), this package's source code, torch's version, the
+    number of threads and the CPU's instruction set (each can change the trained weights)."""
     digest = hashlib.sha256(repr(sorted(settings.items())).encode())
+    digest.update(split.x_train.contiguous().numpy().tobytes())  # (n, 8, 8) float32
+    digest.update(split.y_train.contiguous().numpy().tobytes())  # (n,) int64
     for source in sorted(Path(__file__).parent.glob("*.py")):
         digest.update(source.read_bytes())
     digest.update(f"{torch.__version__} {torch.get_num_threads()} "
@@ -68,7 +71,7 @@ def pretrain_digits_classifier(seed: int = 0, epochs: int = 20, lr: float = 3e-3
     model = TinyTransformerClassifier(**model_kwargs)  # draws from the global generator: always
     folder = _cache_dir() if cache else None
     path = None if folder is None else folder / "digits-{}.pt".format(
-        _pretrain_key(seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, **model_kwargs))
+        _pretrain_key(split, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, **model_kwargs))
     if path and path.is_file():
         try:
             stored = torch.load(path, weights_only=True)

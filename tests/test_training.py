@@ -466,6 +466,25 @@ def test_pretrained_weights_are_cached_bit_identically(tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("digits-*.pt"))) == 2
 
 
+def test_a_cached_base_is_not_reused_when_the_training_data_changes(tmp_path, monkeypatch):
+    # Another scikit-learn (or digits file) could give another split: the stored weights were
+    # trained on the old one, so the name must change with the data, not only with the settings.
+    import lora_helpers.pretrained as pretrained
+    monkeypatch.setenv("LORA_HELPERS_CACHE", str(tmp_path))
+    kwargs = dict(seed=0, epochs=1, d_model=16, n_heads=2, n_layers=1, mlp_ratio=2)
+    pretrain_digits_classifier(**kwargs)
+    real = pretrained.load_digits_split
+
+    def shifted():
+        split = real()
+        return split._replace(x_train=split.x_train.roll(1, dims=0), y_train=split.y_train.roll(1))
+
+    monkeypatch.setattr(pretrained, "load_digits_split", shifted)
+    _, _, history = pretrain_digits_classifier(**kwargs)
+    assert history.optimizer is not None                 # trained, not loaded
+    assert len(list(tmp_path.glob("digits-*.pt"))) == 2
+
+
 def test_a_loaded_base_says_so_with_a_progress_bar(tmp_path, monkeypatch, capsys):
     # A learner who asked for progress sees where the base came from (nothing is drawn under
     # TQDM_DISABLE, so stored notebook outputs do not depend on the cache).
