@@ -54,9 +54,10 @@ def pretrain_digits_classifier(seed: int = 0, epochs: int = 20, lr: float = 3e-3
     (``~/.cache/lora_helpers``; the environment variable ``LORA_HELPERS_CACHE`` names another
     folder, or ``off``), so the next notebook that asks for the same model loads it in a fraction
     of a second instead of training it again (about 10 s). The file is named by everything the
-    weights depend on: the arguments, this package's source, torch's version, the number of
-    threads and the CPU's instruction set; a loaded model is bit-identical to a trained one, and
-    the global random generator is left in the same state. ``cache=False`` always trains.
+    weights depend on: the arguments, the training images and labels, this package's source,
+    torch's version, the number of threads and the CPU's instruction set; a loaded model is
+    bit-identical to a trained one, and the global random generator is left in the same state.
+    ``cache=False`` always trains.
 
     Args:
         seed, epochs, lr, batch_size: the recipe (``train``'s AdamW, no weight decay).
