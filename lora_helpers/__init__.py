@@ -36,7 +36,8 @@ One concept per module:
 - ``training``: ``train``/``evaluate``, ``train_language_model``/``bits_per_character``,
   optimizer-state bytes.
 - ``pretrained``: the pretrained digits classifier (kept on disk after its first training).
-- ``sweep``: the fair learning-rate sweep (one grid, several seeds, validation data, a tie rule).
+- ``sweep``: the fair learning-rate sweep (one grid, several seeds, validation data, a tie rule),
+  and ``tune_learning_rate``, the same on a window of rates that widens until the pick is inside.
 """
 
 from .inject import (
@@ -87,7 +88,7 @@ from .quantization import (
 )
 from .state import checkpoint_bytes, load_lora_state_dict, lora_state_dict
 from .text import CORPORA, CharTokenizer, TextSplit, load_corpus, sample_batch, split_text
-from .sweep import LRSweep, sweep_learning_rate
+from .sweep import LRSweep, sweep_learning_rate, tune_learning_rate
 from .pretrained import pretrain_digits_classifier
 from .training import (
     History,

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ._checks import check_int
 from .training import show_progress
 
-__all__ = ["LRSweep", "sweep_learning_rate"]
+__all__ = ["LRSweep", "sweep_learning_rate", "tune_learning_rate"]
 
 
 @dataclass
@@ -107,6 +107,42 @@ class LRSweep:
         return "\n".join(line for line in lines if line)
 
 
+def _checked_grid(lrs: Sequence[float], what: str = "lrs") -> list[float]:
+    lrs = [float(lr) for lr in lrs]
+    if len(lrs) < 3 or any(not (math.isfinite(lr) and lr > 0) for lr in lrs) \
+            or any(b <= a for a, b in zip(lrs, lrs[1:])):
+        raise ValueError(f"{what} must be at least 3 increasing positive numbers, got {lrs}; "
+                         f"e.g. [1e-3, 3e-3, 1e-2]")
+    return lrs
+
+
+def _checked_options(seeds: Sequence[int], tolerance: float) -> list[int]:
+    seeds = [check_int(seed, "seed", low=0) for seed in seeds]
+    if not seeds:
+        raise ValueError("seeds is empty: pass at least one seed, e.g. seeds=(0,)")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) \
+            or not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}; "
+                         f"e.g. tolerance=0.005 (or 0 for the standard error alone)")
+    return seeds
+
+
+def _score(run: Callable[[float, int], float], lr: float, seed: int, higher_is_better: bool) -> float:
+    score = float(run(lr, seed))
+    if not math.isfinite(score):
+        score = -math.inf if higher_is_better else math.inf  # diverged: worst
+    return score
+
+
+def _result(lrs: list[float], seeds: list[int], scores: list[list[float]], higher_is_better: bool,
+            tolerance: float) -> LRSweep:
+    if not any(math.isfinite(statistics.fmean(row)) for row in scores):
+        raise ValueError(f"every learning rate of {lrs} diverged (a non-finite score) for some "
+                         f"seed: no rate can be picked; check that run(lr, seed) returns the "
+                         f"validation score, then try a grid of smaller rates")
+    return LRSweep(lrs, seeds, scores, higher_is_better, float(tolerance))
+
+
 def sweep_learning_rate(run: Callable[[float, int], float], lrs: Sequence[float], *,
                         seeds: Sequence[int] = (0,), higher_is_better: bool = True,
                         tolerance: float = 0.0, progress: bool = True,
@@ -129,31 +165,72 @@ def sweep_learning_rate(run: Callable[[float, int], float], lrs: Sequence[float]
             units, e.g. 0.005 for accuracy on a few hundred images).
         progress: a ``tqdm.auto`` bar over the ``len(lrs) * len(seeds)`` runs.
     """
-    lrs = [float(lr) for lr in lrs]
-    if len(lrs) < 3 or any(not (math.isfinite(lr) and lr > 0) for lr in lrs) \
-            or any(b <= a for a, b in zip(lrs, lrs[1:])):
-        raise ValueError(f"lrs must be at least 3 increasing positive numbers, got {lrs}; "
-                         f"e.g. [1e-3, 3e-3, 1e-2]")
-    seeds = [check_int(seed, "seed", low=0) for seed in seeds]
-    if not seeds:
-        raise ValueError("seeds is empty: pass at least one seed, e.g. seeds=(0,)")
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) \
-            or not (math.isfinite(tolerance) and tolerance >= 0):
-        raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}; "
-                         f"e.g. tolerance=0.005 (or 0 for the standard error alone)")
+    lrs = _checked_grid(lrs)
+    seeds = _checked_options(seeds, tolerance)
     scores = []
     with tqdm(total=len(lrs) * len(seeds), desc=desc, disable=not show_progress(progress), leave=False) as bar:
         for lr in lrs:
             row = []
             for seed in seeds:
-                score = float(run(lr, seed))
-                if not math.isfinite(score):
-                    score = -math.inf if higher_is_better else math.inf  # diverged: worst
-                row.append(score)
+                row.append(_score(run, lr, seed, higher_is_better))
                 bar.update()
             scores.append(row)
-    if not any(math.isfinite(statistics.fmean(row)) for row in scores):
-        raise ValueError(f"every learning rate of {lrs} diverged (a non-finite score) for some "
-                         f"seed: no rate can be picked; check that run(lr, seed) returns the "
-                         f"validation score, then try a grid of smaller rates")
-    return LRSweep(lrs, seeds, scores, higher_is_better, float(tolerance))
+    return _result(lrs, seeds, scores, higher_is_better, tolerance)
+
+
+def tune_learning_rate(run: Callable[[float, int], float], ladder: Sequence[float],
+                       start: Sequence[float], *, seeds: Sequence[int] = (0,),
+                       higher_is_better: bool = True, tolerance: float = 0.0,
+                       progress: bool = True, desc: str = "lr tuning") -> LRSweep:
+    """``sweep_learning_rate`` on a window of ``ladder`` that widens until its pick is inside.
+
+    Sweeps the rates ``start`` (three or more neighbouring rates of ``ladder``). While the tie
+    rule's pick is the smallest rate of the window, the next smaller rate of the ladder joins it
+    (the largest: the next larger one) and the pick is made again; every ``(lr, seed)`` is run
+    once. It stops when the pick lies strictly inside the window, or when the ladder has no rate
+    left on that side: then ``check_inside_grid()`` of the result raises, as for a fixed grid.
+
+    Each rate added is one the fixed grid ``ladder`` would also have run, with the same seeds,
+    so the scores are the same; a wide ladder costs nothing where it is not needed. The pick is
+    the full sweep's whenever the scores rise to one peak and fall after it (tested).
+
+    Args:
+        run, seeds, higher_is_better, tolerance, progress, desc: as in ``sweep_learning_rate``.
+        ladder: every rate the window may reach, strictly increasing (at least 3).
+        start: the first window: consecutive rates of ``ladder``.
+
+    Returns:
+        The ``LRSweep`` of the final window (its ``lrs`` are the rates that were run).
+    """
+    ladder = _checked_grid(ladder, "ladder")
+    start = _checked_grid(start, "start")
+    seeds = _checked_options(seeds, tolerance)
+    if not all(lr in ladder for lr in start):
+        raise ValueError(f"start {start} holds rates that are not on the ladder {ladder}; "
+                         f"pick three or more neighbouring rates of the ladder")
+    lo, hi = ladder.index(start[0]), ladder.index(start[-1]) + 1
+    if ladder[lo:hi] != start:
+        raise ValueError(f"start {start} skips rates of the ladder {ladder}: the window must be "
+                         f"neighbouring rates, e.g. {ladder[lo:lo + len(start)]}")
+    scores: dict[float, list[float]] = {}
+    with tqdm(total=len(start) * len(seeds), desc=desc, disable=not show_progress(progress),
+              leave=False) as bar:
+        while True:
+            for lr in ladder[lo:hi]:
+                if lr not in scores:
+                    scores[lr] = []
+                    for seed in seeds:
+                        scores[lr].append(_score(run, lr, seed, higher_is_better))
+                        bar.update()
+            sweep = _result(ladder[lo:hi], seeds, [scores[lr] for lr in ladder[lo:hi]],
+                            higher_is_better, tolerance)
+            if sweep.inside_grid:
+                return sweep
+            if sweep.best_index == 0 and lo > 0:
+                lo -= 1  # the pick is the smallest rate: one rate below joins
+            elif sweep.best_index > 0 and hi < len(ladder):
+                hi += 1  # the pick is the largest rate: one rate above joins
+            else:
+                return sweep  # the ladder ends there; check_inside_grid() says so
+            bar.total += len(seeds)
+            bar.refresh()
