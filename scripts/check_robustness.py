@@ -5,6 +5,7 @@ Usage (from the repository root, inside the project's virtual environment):
     python scripts/check_robustness.py                          # 03-08, SEED = 100 and 200, 1 thread
     python scripts/check_robustness.py notebooks/05_applications.ipynb --seeds 7 --threads 1 2
     python scripts/check_robustness.py --jobs 2 --markdown      # two kernels at once; a Markdown table
+    python scripts/check_robustness.py 05_applications --keep runs/   # also write the executed notebooks
 
 An assert in a notebook is a conclusion only if it survives another seed and another CPU. Every
 notebook that trains has one cell tagged ``parameters`` (papermill's convention) that sets
@@ -110,7 +111,7 @@ def failures(nb) -> list[str]:
     return lines
 
 
-def run(path: Path, seed: int, threads: int) -> Result:
+def run(path: Path, seed: int, threads: int, keep: Path | None = None) -> Result:
     nb = with_seed(nbformat.read(path, as_version=4), seed)
     env = {**os.environ, **NOTEBOOK_ENV, "OMP_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads)}
@@ -118,6 +119,8 @@ def run(path: Path, seed: int, threads: int) -> Result:
                             resources={"metadata": {"path": str(path.parent)}})
     start = time.perf_counter()
     client.execute(env=env)  # the kernel's whole environment
+    if keep is not None:  # the executed notebook, to read its printed numbers
+        nbformat.write(nb, keep / f"{path.stem}-seed{seed}-threads{threads}.ipynb")
     return Result(path.stem, seed, threads, time.perf_counter() - start, failures(nb))
 
 
@@ -139,13 +142,17 @@ def main(argv: list[str]) -> int:
                         help="OMP_NUM_THREADS values (the tests use 1)")
     parser.add_argument("--jobs", type=int, default=1, help="kernels at once (one per core at most)")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="write each executed notebook into DIR (to read the numbers it printed)")
     args = parser.parse_args(argv)
     if any(s < 0 for s in args.seeds) or any(t < 1 for t in args.threads) or args.jobs < 1:
         parser.error("seeds must be >= 0, threads and jobs >= 1")
     paths = [resolve(n) for n in args.notebooks]
     for path in paths:
         parameters_cell(nbformat.read(path, as_version=4))  # fail fast, before any run
-    cases = [(p, s, t) for p in paths for s in args.seeds for t in args.threads]
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    cases = [(p, s, t, args.keep) for p in paths for s in args.seeds for t in args.threads]
     with ProcessPoolExecutor(args.jobs) as pool:
         results = []
         for result in pool.map(run, *zip(*cases)):
