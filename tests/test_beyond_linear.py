@@ -20,11 +20,17 @@ from lora_helpers.conv import LoRAConv1d, LoRAConv2d
 from lora_helpers.embedding import LoRAEmbedding
 from lora_helpers.layers import LoRALinear
 
-peft = pytest.importorskip("peft")
 FAST = settings(max_examples=15, deadline=None)
 
 
+def _peft_module():
+    # Imported by the tests that compare with PEFT only (importing it takes seconds): a pytest
+    # worker that runs none of them does not pay for it.
+    return pytest.importorskip("peft")
+
+
 def _peft(model: nn.Module, targets: list[str], **kw) -> nn.Module:
+    peft = _peft_module()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return peft.get_peft_model(model, peft.LoraConfig(target_modules=targets, **kw))
@@ -340,7 +346,7 @@ def test_save_peft_adapter_embedding_and_conv_load_in_peft_with_equal_outputs(tm
     save_peft_adapter(ours, tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path)
+        theirs = _peft_module().PeftModel.from_pretrained(copy.deepcopy(base), tmp_path)
     ids = torch.randint(0, 12, (2, 6))
     with torch.no_grad():
         assert (theirs(ids) - ours(ids)).abs().max() <= 1e-5
@@ -469,7 +475,7 @@ def test_load_peft_adapter_round_trips_embedding_and_conv_here_and_to_peft(tmp_p
     loaded = load_peft_adapter(copy.deepcopy(base), tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path).eval()
+        theirs = _peft_module().PeftModel.from_pretrained(copy.deepcopy(base), tmp_path).eval()
     ids = torch.randint(0, 11, (3, 7))
     with torch.no_grad():
         out = ours(ids)

@@ -88,3 +88,83 @@ def test_tune_learning_rate_refuses_a_start_that_is_not_a_window_of_the_ladder(s
         tune_learning_rate(lambda lr, seed: 0.0, LADDER, start, progress=False)
     with pytest.raises(ValueError, match="ladder must be"):
         tune_learning_rate(lambda lr, seed: 0.0, LADDER[::-1], start, progress=False)
+
+
+# ---- sweep_learning_rate: one grid, the tie rule ----
+
+def test_sweep_learning_rate_picks_the_best_mean_and_knows_the_edges():
+    calls = []
+
+    def run(lr, seed):
+        calls.append((lr, seed))
+        return {1e-3: 0.5, 3e-3: 0.9, 1e-2: 0.7}[lr] + (0.02 if seed else -0.02)
+
+    sweep = sweep_learning_rate(run, [1e-3, 3e-3, 1e-2], seeds=(0, 1), progress=False)
+    assert calls == [(lr, s) for lr in (1e-3, 3e-3, 1e-2) for s in (0, 1)]
+    assert sweep.best_lr == 3e-3 and sweep.inside_grid and sweep.check_inside_grid() == 3e-3
+    assert sweep.mean == pytest.approx([0.5, 0.9, 0.7]) and sweep.std[0] == pytest.approx(0.02828, rel=1e-3)
+    assert "0.003" in sweep.table() and sweep.table().count("*") == 1
+    rows = sweep_learning_rate(lambda lr, seed: lr, [2.5e-3, 5e-3, 0.16], progress=False).table().splitlines()
+    assert [row.split()[0] for row in rows[1:]] == ["0.0025", "0.005", "0.16"]  # each rate as given, not rounded
+    losses = sweep_learning_rate(lambda lr, seed: lr, [1e-3, 3e-3, 1e-2], higher_is_better=False,
+                                 progress=False)
+    assert losses.best_lr == 1e-3 and not losses.inside_grid
+    with pytest.raises(ValueError, match="smallest of the grid"):
+        losses.check_inside_grid()
+
+
+def test_tie_rule_picks_the_smallest_rate_within_one_standard_error():
+    # 3e-3 and 1e-2 differ by 0.001, far less than the seeds' spread: they tie, the smaller wins
+    table = {1e-3: 0.80, 3e-3: 0.900, 1e-2: 0.901, 3e-2: 0.7}
+    sweep = sweep_learning_rate(lambda lr, seed: table[lr] + (0.01 if seed else -0.01),
+                                [1e-3, 3e-3, 1e-2, 3e-2], seeds=(0, 1), progress=False)
+    assert sweep.top_index == 2 and sweep.margin == pytest.approx(0.01)
+    assert sweep.best_lr == 3e-3 and sweep.best_score == pytest.approx(0.9)
+    rows = sweep.table().splitlines()
+    assert rows[2].endswith(" *") and rows[3].endswith(" =") and not rows[1].endswith(("*", "="))
+    # with no spread (identical seeds) the better mean wins however small the difference ...
+    exact = sweep_learning_rate(lambda lr, seed: table[lr], [1e-3, 3e-3, 1e-2, 3e-2], seeds=(0, 1),
+                                progress=False)
+    assert exact.best_lr == 1e-2 and exact.margin == 0.0
+    # ... unless a tolerance says such differences are noise
+    tol = sweep_learning_rate(lambda lr, seed: table[lr], [1e-3, 3e-3, 1e-2, 3e-2], tolerance=0.005,
+                              progress=False)
+    assert tol.best_lr == 3e-3 and tol.margin == 0.005
+    # lower is better: within the margin means at most best + margin
+    loss = sweep_learning_rate(lambda lr, seed: {1e-3: 2.0, 3e-3: 1.504, 1e-2: 1.5}[lr], [1e-3, 3e-3, 1e-2],
+                               higher_is_better=False, tolerance=0.01, progress=False)
+    assert loss.best_lr == 3e-3 and loss.top_index == 2
+
+
+def test_sweep_table_prints_a_dash_for_the_std_of_one_seed():
+    one = sweep_learning_rate(lambda lr, seed: lr, [1e-3, 3e-3, 1e-2], progress=False).table()
+    assert "0.0000" not in one and all(row.split()[2] == "–" for row in one.splitlines()[1:])
+    two = sweep_learning_rate(lambda lr, seed: lr + seed, [1e-3, 3e-3, 1e-2], seeds=(0, 1), progress=False)
+    assert two.table().splitlines()[1].split()[2] == "0.7071"
+
+
+@pytest.mark.parametrize("tolerance", [-0.1, float("nan"), float("inf"), "0.01", True])
+def test_sweep_refuses_a_bad_tolerance(tolerance):
+    with pytest.raises(ValueError, match="tolerance must be"):
+        sweep_learning_rate(lambda lr, seed: 0.0, [1e-3, 1e-2, 1e-1], tolerance=tolerance, progress=False)
+
+
+def test_sweep_says_so_when_every_rate_diverged():
+    with pytest.raises(ValueError, match="every learning rate .* diverged"):
+        sweep_learning_rate(lambda lr, seed: float("nan"), [1e-3, 1e-2, 1e-1], progress=False)
+
+
+def test_sweep_learning_rate_treats_divergence_as_worst():
+    sweep = sweep_learning_rate(lambda lr, seed: float("nan") if lr > 5e-3 else lr,
+                                [1e-3, 3e-3, 1e-2], progress=False)
+    assert sweep.best_lr == 3e-3
+    # a diverged loss is the worst loss (+inf), not the best
+    losses = sweep_learning_rate(lambda lr, seed: float("nan") if lr < 2e-3 else lr,
+                                 [1e-3, 3e-3, 1e-2], higher_is_better=False, progress=False)
+    assert losses.scores[0] == [float("inf")] and losses.best_lr == 3e-3
+
+
+@pytest.mark.parametrize("lrs", [[1e-3, 1e-2], [1e-2, 1e-3, 1e-1], [0.0, 1e-3, 1e-2], [1e-3, 1e-3, 1e-2]])
+def test_sweep_learning_rate_refuses_bad_grids(lrs):
+    with pytest.raises(ValueError, match="lrs must be"):
+        sweep_learning_rate(lambda lr, seed: 0.0, lrs, progress=False)
