@@ -8,6 +8,7 @@ so stored and tested outputs come from the same settings.
 import os
 from pathlib import Path
 
+import pytest
 from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parent
@@ -40,3 +41,25 @@ def pytest_configure(config):
     path = getattr(config.option, "nbval_sanitize_with", None)
     if path and not Path(path).is_absolute():
         config.option.nbval_sanitize_with = str(ROOT / path)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadscope``, with every test that has "peft" in its id in one work unit.
+
+    Importing PEFT (and transformers with it) costs about 5 s of CPU in each process that does
+    it. The tests that compare with PEFT (``tests/test_peft_format.py``, ``test_*_peft*`` in other
+    modules) and notebook 09 therefore run on one worker, which imports it once, instead of on
+    both. Everything else is scheduled as by ``loadscope``: a module's functions together, and a
+    notebook's cells together and in order, as nbval needs.
+    """
+    if config.getvalue("dist") != "loadscope":
+        return None  # xdist's own scheduler for the other modes
+
+    from xdist.scheduler import LoadScopeScheduling
+
+    class PeftTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "peft" if "peft" in nodeid.lower() else super()._split_scope(nodeid)
+
+    return PeftTogether(config, log)
