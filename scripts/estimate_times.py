@@ -48,8 +48,8 @@ EXERCISE_BASE_MIN, EXERCISE_PER_LINE_MIN, EXERCISE_MIN, EXERCISE_MAX = 5, 2, 5, 
 # (2026-12-03, on main before the budget work; `--measure` measures again). 04-06 and 08: after
 # the budget work, at load about 2; 04, 06 and 08 with the pretrained base already on disk (03
 # pretrains it first; cold, 04 took 56 s), 05 cold (its wide base is its own).
-RUN_SECONDS = {"01": 12, "02": 20, "03": 41, "04": 45, "05": 50, "06": 58, "07": 110, "08": 56,
-               "09": 28, "10": 44}
+RUN_SECONDS = {"01": 12, "02": 20, "03": 30, "04": 45, "05": 50, "06": 58, "07": 90, "08": 56,
+               "09": 28, "10": 42}
 
 WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")
 MARKER = re.compile(r"^\s*#\s*NBVAL_\w+\s*$")
