@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 import pytest
-from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parent
 
@@ -31,11 +30,15 @@ NOTEBOOK_ENV = {
 os.environ.update(NOTEBOOK_ENV)
 os.environ.pop("MPLBACKEND", None)  # Agg here would stop inline figures in the kernels
 
-settings.register_profile("default", deadline=None, print_blob=True)
-settings.load_profile("default")
-
 
 def pytest_configure(config):
+    # Hypothesis's profile for every process that runs tests. The pytest-xdist controller runs
+    # none, so it skips the import (about 1 s of CPU before the workers start).
+    if getattr(config, "workerinput", None) is not None or config.getoption("dist", "no") == "no":
+        from hypothesis import settings
+
+        settings.register_profile("default", deadline=None, print_blob=True)
+        settings.load_profile("default")
     # nbval reads the sanitizer path relative to the current directory; make it absolute so
     # `pytest` works from any folder of the checkout.
     path = getattr(config.option, "nbval_sanitize_with", None)
