@@ -90,6 +90,8 @@ def test_holds_only_the_wheel_the_student_notebooks_requirements_and_readme(dist
         names = wheel.namelist()
     assert all(n.startswith(("lora_helpers/", "lora_helpers-")) for n in names), names
     assert "lora_helpers/__init__.py" in names and any(n.startswith("lora_helpers/corpus/") for n in names)
+    shipped = sorted(p.name for p in (ROOT / "lora_helpers" / "weights").glob("*.safetensors"))
+    assert shipped and sorted(n.split("/")[-1] for n in names if n.startswith("lora_helpers/weights/")) == shipped
 
 
 def test_notebooks_hold_no_solution_and_no_output(distribution):
