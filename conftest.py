@@ -46,23 +46,41 @@ def pytest_configure(config):
         config.option.nbval_sanitize_with = str(ROOT / path)
 
 
+# Test modules that run the benchmark scripts, some of which compare with PEFT (bench_vs_peft.py,
+# bench_dora.py's PEFT rows), and the modules that load the digits (scikit-learn's import: about
+# 1.8 s of CPU in each process that does it).
+PEFT_MODULES = ("tests/test_benchmarks.py",)
+DIGITS_MODULES = ("tests/test_data.py", "tests/test_training.py", "tests/test_pretrained.py")
+
+
+def work_unit(nodeid: str, default: str) -> str:
+    """The xdist work unit of a test: "peft", "digits", or ``default`` (loadscope's own)."""
+    if "peft" in nodeid.lower() or nodeid.startswith(PEFT_MODULES):
+        return "peft"
+    if nodeid.startswith(DIGITS_MODULES):
+        return "digits"
+    return default
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """``--dist loadscope``, with every test that has "peft" in its id in one work unit.
+    """``--dist loadscope``, with the tests that import PEFT in one work unit and those that load the
+    digits in another.
 
     Importing PEFT (and transformers with it) costs about 5 s of CPU in each process that does
     it. The tests that compare with PEFT (``tests/test_peft_format.py``, ``test_*_peft*`` in other
-    modules) and notebook 09 therefore run on one worker, which imports it once, instead of on
-    both. Everything else is scheduled as by ``loadscope``: a module's functions together, and a
-    notebook's cells together and in order, as nbval needs.
+    modules, the benchmark scripts' tests) and notebook 09 therefore run on one worker, which imports
+    it once, instead of on both; likewise the three test modules that load the digits through
+    scikit-learn. Everything else is scheduled as by ``loadscope``: a module's functions together,
+    and a notebook's cells together and in order, as nbval needs.
     """
     if config.getvalue("dist") != "loadscope":
         return None  # xdist's own scheduler for the other modes
 
     from xdist.scheduler import LoadScopeScheduling
 
-    class PeftTogether(LoadScopeScheduling):
+    class SharedImportsTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "peft" if "peft" in nodeid.lower() else super()._split_scope(nodeid)
+            return work_unit(nodeid, super()._split_scope(nodeid))
 
-    return PeftTogether(config, log)
+    return SharedImportsTogether(config, log)
