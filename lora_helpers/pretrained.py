@@ -10,10 +10,9 @@ training it first (a downloaded checkpoint that is never downloaded: nothing her
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
-
-import json
 
 import torch
 from safetensors import safe_open
@@ -90,9 +89,11 @@ def save_shipped_weights(model: TinyTransformerClassifier, split: DigitsSplit, h
     return path
 
 
-def _load_shipped(model: TinyTransformerClassifier, split: DigitsSplit, settings: dict) -> History | None:
-    """Load the shipped weights of ``settings`` into ``model``; ``None`` (nothing changed) when none
-    ship, or when they were trained on other data or by other training code than this package's."""
+def load_shipped_weights(model: TinyTransformerClassifier, split: DigitsSplit, settings: dict) -> History | None:
+    """Load the shipped weights of the recipe ``settings`` (``seed``, ``epochs``, ``lr``,
+    ``batch_size`` and the model's keyword arguments) into ``model``; ``None``, with ``model``
+    unchanged, when none ship or when they were trained on other data (``split.x_train``,
+    ``split.y_train``) or by other training code than this package's."""
     path = WEIGHTS_DIR / shipped_weights_name(**settings)
     if not path.is_file():
         return None
@@ -147,13 +148,12 @@ def pretrain_digits_classifier(seed: int = 0, epochs: int = 20, lr: float = 3e-3
     model = TinyTransformerClassifier(**model_kwargs)  # draws from the global generator: always
     settings = dict(seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, **model_kwargs)
     if cache:
-        shipped = _load_shipped(model, split, settings)
+        shipped = load_shipped_weights(model, split, settings)
         if shipped is not None:
             _say_loaded(WEIGHTS_DIR, progress)
             return model.eval(), split, shipped
     folder = _cache_dir() if cache else None
-    path = None if folder is None else folder / "digits-{}.pt".format(
-        _pretrain_key(split, **settings))
+    path = None if folder is None else folder / f"digits-{_pretrain_key(split, **settings)}.pt"
     if path and path.is_file():
         try:
             stored = torch.load(path, weights_only=True)

@@ -20,10 +20,10 @@ import sys
 
 import torch
 
-from lora_helpers.pretrained import (WEIGHTS_DIR, _load_shipped, pretrain_digits_classifier,
-                                     save_shipped_weights, shipped_weights_name)
 from lora_helpers.data import load_digits_split
 from lora_helpers.models import TinyTransformerClassifier
+from lora_helpers.pretrained import (WEIGHTS_DIR, load_shipped_weights, pretrain_digits_classifier,
+                                     save_shipped_weights, shipped_weights_name)
 
 # The calls in the notebooks, with their SEED = 0 (a rerun with another SEED trains its own base).
 RECIPES = {
@@ -37,7 +37,8 @@ RECIPES = {
 def is_current(settings: dict) -> bool:
     """Whether the shipped file for ``settings`` exists and matches today's data and training code."""
     model_kwargs = {k: v for k, v in settings.items() if k not in ("seed", "epochs", "lr", "batch_size")}
-    return _load_shipped(TinyTransformerClassifier(**model_kwargs), load_digits_split(), settings) is not None
+    model = TinyTransformerClassifier(**model_kwargs)
+    return load_shipped_weights(model, load_digits_split(), settings) is not None
 
 
 def main() -> int:
